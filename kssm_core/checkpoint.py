@@ -1,0 +1,214 @@
+"""Checkpoints: atomic save, safe load (weights_only), newest-loadable search, retention and cleaning.
+
+A checkpoint is written to a temp file in the run folder, fsynced, renamed over its final
+name and the folder fsynced: a kill at any instant leaves every earlier checkpoint intact.
+Loading never unpickles arbitrary objects (torch.load(..., weights_only=True)).
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import re
+import shutil
+import stat
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CHECKPOINT_FORMAT = "kssm-checkpoint/1"
+CHECKPOINT_RE = re.compile(r"^checkpoint_(\d+)\.pt$")
+BEST_NAME = "best_model.pt"
+
+
+class CheckpointError(Exception):
+    """A checkpoint cannot be used; the message is one line saying why."""
+
+
+class DiskFull(CheckpointError):
+    """Not enough space to write a checkpoint; nothing was changed."""
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    """Write every byte (a seam for tests that simulate ENOSPC)."""
+    while data:
+        n = os.write(fd, data)
+        data = data[n:]
+
+
+def fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_save(obj: dict[str, Any], path: str | Path) -> int:
+    """Serialise obj to path atomically. Returns the bytes written. Raises DiskFull on ENOSPC."""
+    path = Path(path)
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    data = buf.getbuffer()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFull(f"disk full while writing {path.name}: kept the previous checkpoints untouched") from exc
+        raise
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+    return len(data)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load with weights_only=True. Any failure becomes one CheckpointError line."""
+    path = Path(path)
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"{path}: no such file") from exc
+    except Exception as exc:  # torch raises many kinds for a damaged or hostile file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+            raise CheckpointError(
+                f"{path}: refused: it contains pickled Python objects, not plain tensors (not loaded, nothing ran)"
+            ) from exc
+        raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({first[:160]})") from exc
+    if not isinstance(obj, dict) or "model_state" not in obj:
+        raise CheckpointError(f"{path}: not a K-SSM checkpoint (no model_state)")
+    return obj
+
+
+def checkpoint_files(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """(step, path) of checkpoint_{step}.pt regular files directly in run_dir, newest first. Symlinks are skipped."""
+    out = []
+    try:
+        entries = list(os.scandir(run_dir))
+    except FileNotFoundError:
+        return []
+    for entry in entries:
+        m = CHECKPOINT_RE.match(entry.name)
+        if m and entry.is_file(follow_symlinks=False):
+            out.append((int(m.group(1)), Path(entry.path)))
+    return sorted(out, reverse=True)
+
+
+@dataclass
+class FoundCheckpoint:
+    step: int
+    path: Path
+    state: dict[str, Any]
+    skipped: list[str]  # one line per newer checkpoint that did not load
+
+
+def newest_loadable(run_dir: str | Path, map_location: str | torch.device = "cpu") -> FoundCheckpoint | None:
+    skipped: list[str] = []
+    for step, path in checkpoint_files(run_dir):
+        try:
+            state = load_checkpoint(path, map_location)
+        except CheckpointError as exc:
+            skipped.append(str(exc))
+            continue
+        return FoundCheckpoint(step, path, state, skipped)
+    if skipped:
+        return FoundCheckpoint(-1, Path(run_dir), {}, skipped)
+    return None
+
+
+def free_bytes(folder: str | Path) -> int:
+    return shutil.disk_usage(folder).free
+
+
+def prune(run_dir: str | Path, keep: int, protected_steps: frozenset[int]) -> list[Path]:
+    """Delete periodic checkpoints beyond the newest `keep`; milestones and best_model.pt stay."""
+    removed = []
+    files = checkpoint_files(run_dir)
+    for step, path in files[keep:]:
+        if step in protected_steps:
+            continue
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+@dataclass
+class CleanPlan:
+    delete: list[tuple[Path, int]]  # (path, bytes)
+    keep: list[tuple[Path, str]]  # (path, why it stays)
+
+    @property
+    def bytes_freed(self) -> int:
+        return sum(b for _, b in self.delete)
+
+
+def plan_clean(run_dir: str | Path, keep: int = 1) -> CleanPlan:
+    """Which checkpoint_*.pt files `kssm clean` would delete, and why the others stay.
+
+    Never best_model.pt, never the newest loadable checkpoint, never a symlink or anything
+    outside run_dir, never a file whose name is not checkpoint_{step}.pt.
+    """
+    root = Path(run_dir)
+    if not root.is_dir():
+        raise CheckpointError(f"{run_dir}: not a folder")
+    real_root = root.resolve()
+    files = checkpoint_files(root)
+    newest_ok: Path | None = None
+    keep_list: list[tuple[Path, str]] = []
+    for _, path in files:
+        try:
+            load_checkpoint(path)
+        except CheckpointError:
+            continue
+        newest_ok = path
+        break
+    delete: list[tuple[Path, int]] = []
+    kept_count = 0
+    for step, path in files:
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode) or path.resolve().parent != real_root:
+            keep_list.append((path, "not a regular file inside the run folder"))
+            continue
+        if path == newest_ok:
+            kept_count += 1
+            keep_list.append((path, "newest loadable checkpoint"))
+            continue
+        if kept_count < keep:
+            kept_count += 1
+            keep_list.append((path, f"among the newest {keep}"))
+            continue
+        delete.append((path, st.st_size))
+    if (root / BEST_NAME).exists():
+        keep_list.append((root / BEST_NAME, "best model: never cleaned"))
+    return CleanPlan(delete, keep_list)
+
+
+def execute_clean(plan: CleanPlan) -> int:
+    freed = 0
+    for path, size in plan.delete:
+        if path.is_symlink():
+            continue
+        try:
+            path.unlink()
+            freed += size
+        except FileNotFoundError:
+            pass
+    return freed

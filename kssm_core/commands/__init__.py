@@ -1,0 +1,1 @@
+"""`kssm` subcommands: one module each, every module exposes register(subparsers)."""

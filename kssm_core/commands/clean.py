@@ -1,0 +1,49 @@
+"""`kssm clean DIR`: delete old checkpoint_*.pt files, never best_model.pt or the newest loadable one."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(sub) -> None:
+    p = sub.add_parser("clean", help="remove old checkpoint_*.pt files from a run folder")
+    p.add_argument("run_dir", metavar="DIR")
+    p.add_argument("--keep", type=int, default=1, help="newest checkpoints to keep (default 1, at least the newest loadable)")
+    p.add_argument("--dry-run", action="store_true", help="list what would go, delete nothing")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..checkpoint import CheckpointError, execute_clean, plan_clean
+    from ..lock import lock_state, read_lock
+
+    try:
+        plan = plan_clean(args.run_dir, keep=max(0, args.keep))
+    except CheckpointError as exc:
+        print(f"kssm clean: {exc}", file=sys.stderr)
+        return 1
+    for path, why in plan.keep:
+        print(f"keep    {path}  ({why})")
+    for path, size in plan.delete:
+        print(f"delete  {path}  {size / 1e6:.1f} MB")
+    if not plan.delete:
+        print("nothing to delete")
+        return 0
+    print(f"total   {plan.bytes_freed / 1e6:.1f} MB in {len(plan.delete)} file(s)")
+    if args.dry_run:
+        print("dry run: nothing deleted")
+        return 0
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print("kssm clean: not a terminal; pass --yes to delete without asking", file=sys.stderr)
+            return 1
+        state, _ = lock_state(read_lock(args.run_dir))
+        note = " (a trainer is running in this folder)" if state == "live" else ""
+        if input(f"delete these {len(plan.delete)} file(s){note}? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("cancelled: nothing deleted")
+            return 1
+    freed = execute_clean(plan)
+    print(f"freed {freed / 1e6:.1f} MB")
+    return 0

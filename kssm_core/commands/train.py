@@ -1,0 +1,78 @@
+"""`kssm train`: the runbook's trainer command line (flags match train_kssm_v3.py, plus stages and presets)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..config import PRESETS, STAGES, TrainConfig, stage
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train a K-SSM v3 model (a stage of the runbook, or any number of steps)")
+    p.add_argument("--stage", type=int, choices=range(1, 6), metavar="N",
+                   help="runbook stage 1..5: 100/500/1500/5000/10000 steps in RUNS_ROOT/stage1..stage4, final")
+    p.add_argument("--runs-root", default="results", help="folder holding the stage folders (default: results)")
+    p.add_argument("--max-steps", type=int, help="optimiser steps to train to (default: the stage's target, or 100)")
+    p.add_argument("--output-dir", help="run folder (default: RUNS_ROOT/<stage folder>)")
+    p.add_argument("--resume", action="store_true", default=None, help="continue from the newest loadable checkpoint")
+    p.add_argument("--init-from", metavar="CKPT", help="start from an earlier stage's weights (fresh optimiser)")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="model size (default: tiny)")
+    p.add_argument("--corpus", help=".txt file, folder of .txt files, or .jsonl with a text field (default: embedded)")
+    p.add_argument("--data-dir", help="token cache folder (default: data/cache)")
+    p.add_argument("--vocab-size", type=int, help="BPE vocabulary size (default: the preset's)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--learning-rate", type=float, help="peak learning rate (default: 0.001)")
+    p.add_argument("--lambda-reg", type=float, help="weight of the bistability regulariser (default: 0.01)")
+    p.add_argument("--batch-size", type=int, help="micro-batch size (sequences)")
+    p.add_argument("--grad-accum", type=int, help="micro-batches per optimiser step")
+    p.add_argument("--seq-len", type=int, help="context length in tokens")
+    p.add_argument("--warmup-steps", type=int)
+    p.add_argument("--log-interval", type=int)
+    p.add_argument("--eval-interval", type=int)
+    p.add_argument("--save-interval", type=int)
+    p.add_argument("--eval-batches", type=int)
+    p.add_argument("--keep-checkpoints", type=int, help="periodic checkpoints to keep (default 3; milestones always kept)")
+    p.add_argument("--monostable", action="store_true", default=None, help="the ablation: no u clamp, lambda_reg 0")
+    p.add_argument("--heartbeat-seconds", type=float)
+    p.add_argument("--quiet", action="store_true", help="do not echo the log to stdout")
+    p.set_defaults(func=run)
+
+
+FIELDS = (
+    "max_steps", "output_dir", "resume", "init_from", "preset", "corpus", "data_dir", "vocab_size", "seed", "device",
+    "learning_rate", "lambda_reg", "batch_size", "grad_accum", "seq_len", "warmup_steps", "log_interval",
+    "eval_interval", "save_interval", "eval_batches", "keep_checkpoints", "monostable", "heartbeat_seconds", "stage",
+)
+
+
+def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
+    """The run's config and the flags given explicitly (those override a checkpoint's on --resume)."""
+    explicit = {k: getattr(args, k) for k in FIELDS if getattr(args, k, None) is not None}
+    st = stage(args.stage) if args.stage else None
+    if st is None and "max_steps" in explicit:
+        st = next((s for s in STAGES if s.steps == explicit["max_steps"]), None)
+        if st is not None:
+            explicit.setdefault("stage", st.number)
+    st = st or stage(1)
+    explicit.setdefault("max_steps", st.steps)
+    explicit.setdefault("output_dir", str(Path(args.runs_root) / st.output_dir))
+    if args.stage:
+        explicit["stage"] = args.stage
+    return TrainConfig(**explicit), {k: v for k, v in explicit.items() if k not in ("output_dir",)}
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from ..trainer import EXIT_REFUSED, train
+
+    try:
+        cfg, explicit = config_from_args(args)
+        cfg.resolve()
+    except ValueError as exc:
+        print(f"kssm train: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    overrides = {k: v for k, v in explicit.items() if k not in ("resume", "stage")}
+    return train(cfg, echo=None if args.quiet else sys.stdout, overrides=overrides)

@@ -1,0 +1,154 @@
+"""`training.lock`: one trainer per run folder, and the rules that say when a lock is stale.
+
+The lock is JSON {pid, host, start_time, created}. It is created complete or not at all
+(written to a temp file, then hard-linked into place, which fails if a lock exists).
+A lock is *stale* only when provably so: its host is this host and its PID is gone, or the
+PID now belongs to a process with another start time (the PID was reused). A lock from
+another host is never called stale. The reference trainer's lock held only a PID; those read
+as this host with no start time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+LOCK_NAME = "training.lock"
+START_TIME_TOLERANCE_S = 1.0
+
+
+class LockHeld(Exception):
+    """Another live trainer owns the folder."""
+
+
+@dataclass
+class LockInfo:
+    pid: int | None
+    host: str | None
+    start_time: float | None
+    created: float | None
+    raw: str
+
+    @property
+    def describe(self) -> str:
+        return f"PID {self.pid} on {self.host or 'this host'}"
+
+
+def process_start_time(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, ValueError):
+        return None
+
+
+def read_lock(run_dir: str | Path) -> LockInfo | None:
+    path = Path(run_dir) / LOCK_NAME
+    try:
+        raw = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return None
+    text = raw.strip()
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError:
+        obj = None
+    if isinstance(obj, dict):
+        pid = obj.get("pid")
+        return LockInfo(
+            pid if isinstance(pid, int) else None,
+            obj.get("host") if isinstance(obj.get("host"), str) else None,
+            obj.get("start_time") if isinstance(obj.get("start_time"), (int, float)) else None,
+            obj.get("created") if isinstance(obj.get("created"), (int, float)) else None,
+            raw,
+        )
+    if isinstance(obj, int) or text.isdigit():  # legacy: the bare PID
+        return LockInfo(int(text), None, None, None, raw)
+    return LockInfo(None, None, None, None, raw)
+
+
+def lock_state(info: LockInfo | None) -> tuple[str, str]:
+    """('none' | 'live' | 'stale' | 'foreign', one-line reason)."""
+    if info is None:
+        return "none", "no lock"
+    if info.host not in (None, socket.gethostname()):
+        return "foreign", f"held by PID {info.pid} on host {info.host}: cannot check it from here"
+    if info.pid is None:
+        return "stale", "lock file holds no PID (damaged)"
+    started = process_start_time(info.pid)
+    if started is None:
+        return "stale", f"PID {info.pid} is not running"
+    if info.start_time is not None and abs(started - info.start_time) > START_TIME_TOLERANCE_S:
+        return "stale", f"PID {info.pid} was reused by another process (started {time.ctime(started)})"
+    return "live", f"held by live PID {info.pid}"
+
+
+class RunLock:
+    """Acquire with `acquire()`; returns the stale lock it took over, if any, so the caller can warn."""
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / LOCK_NAME
+        self.held = False
+
+    def _payload(self) -> str:
+        pid = os.getpid()
+        return json.dumps(
+            {"pid": pid, "host": socket.gethostname(), "start_time": process_start_time(pid), "created": time.time()}
+        )
+
+    def acquire(self) -> LockInfo | None:
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".training.lock.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(self._payload())
+                fh.flush()
+                os.fsync(fh.fileno())
+            for _ in range(3):
+                try:
+                    os.link(tmp, self.path)  # atomic, fails when a lock exists
+                    self.held = True
+                    return None
+                except FileExistsError:
+                    info = read_lock(self.path.parent)
+                    state, reason = lock_state(info)
+                    if state in ("live", "foreign"):
+                        raise LockHeld(
+                            f"{self.path} {reason}; another trainer owns this folder "
+                            f"(stop it first, or use another --output-dir)"
+                        )
+                    if state == "stale":
+                        os.replace(tmp, self.path)  # take it over in one step
+                        self.held = True
+                        return info
+            raise LockHeld(f"{self.path}: could not acquire the lock (it keeps changing)")
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        info = read_lock(self.path.parent)
+        if info is not None and info.pid == os.getpid():
+            self.path.unlink(missing_ok=True)
+        self.held = False
+
+
+def unlock(run_dir: str | Path) -> str:
+    """Remove a stale lock; refuse a live or foreign one. Returns what happened, in one line."""
+    info = read_lock(run_dir)
+    state, reason = lock_state(info)
+    if state == "none":
+        return f"no lock in {run_dir}: nothing to do"
+    if state != "stale":
+        raise LockHeld(f"refusing to remove {Path(run_dir) / LOCK_NAME}: {reason}")
+    lock_path = Path(run_dir) / LOCK_NAME
+    if lock_path.is_symlink():
+        raise LockHeld(f"refusing to remove {lock_path}: it is a symlink")
+    lock_path.unlink()
+    return f"removed stale lock {lock_path} ({reason})"

@@ -1,0 +1,511 @@
+"""The training loop: load(); while should_continue: step; save(). Signal handlers only set a flag.
+
+Writes the run folder described in docs/run-folder.md. Exit codes: 0 completed,
+1 failed (NaN, crash, bad data), 2 refused to start (lock held, bad arguments), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+import torch
+
+from . import checkpoint as ckpt
+from .config import STAGE_TARGETS, ModelConfig, TrainConfig, model_config_for
+from .corpus import CorpusError, load_corpus
+from .data import BatchSampler, Tokenizer, prepare_tokens, val_batches
+from .events import STEP_HEADER, EventWriter, TextLog, format_step_line
+from .lock import LockHeld, RunLock
+from .model import KSSM
+
+EXIT_COMPLETED, EXIT_FAILED, EXIT_REFUSED, EXIT_INTERRUPTED = 0, 1, 2, 130
+DISK_MARGIN_BYTES = 16 * 1024 * 1024
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available here (try --device cpu)")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("--device mps: MPS is not available here (try --device cpu)")
+    return torch.device(name)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to the peak, then cosine to min_lr_ratio x peak at max_steps (as a multiplier)."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.max_steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG the run touches, as tensors and primitives (loadable with weights_only=True)."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {
+            "name": np_state[0],
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class Progress:
+    """What the heartbeat reports: where inside the current step the loop is."""
+
+    step: int = 0
+    phase: str = "starting"
+    micro: int = 0
+    accum: int = 1
+
+
+class StopFlag:
+    """SIGINT/SIGTERM set it; the loop checks it between steps. A second signal stops at once."""
+
+    def __init__(self):
+        self.reason: str | None = None
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, _frame) -> None:
+        if self.reason is not None:
+            raise KeyboardInterrupt
+        self.reason = signal.Signals(signum).name
+
+    def __bool__(self) -> bool:
+        return self.reason is not None
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, echo: TextIO | None = sys.stdout, overrides_on_resume: dict | None = None):
+        self.requested = cfg
+        self.echo = echo
+        self.overrides = overrides_on_resume or {}
+        self.out = Path(cfg.output_dir)
+        self.stop = StopFlag()
+        self.progress = Progress()
+        self.events: EventWriter | None = None
+        self.log: TextLog | None = None
+        self._hb_stop = threading.Event()
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+    def run(self, install_signals: bool = True) -> int:
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            self._say(f"cannot create {self.out}: {exc.strerror}")
+            return EXIT_REFUSED
+        lock = RunLock(self.out)
+        try:
+            stale = lock.acquire()
+        except LockHeld as exc:
+            self._say(str(exc))
+            return EXIT_REFUSED
+        if install_signals:
+            self.stop.install()
+        self.events = EventWriter(self.out / "events.jsonl")
+        self.log = TextLog(self.out / "training.log", echo=self.echo)
+        hb = threading.Thread(target=self._heartbeat, name="kssm-heartbeat", daemon=True)
+        hb.start()
+        try:
+            if stale is not None:
+                self._warn("stale_lock", f"took over a stale lock left by {stale.describe}", "none needed")
+            return self._run_locked()
+        except KeyboardInterrupt:
+            self._end("interrupted", "second signal: stopped without a final save")
+            return EXIT_INTERRUPTED
+        except Exception as exc:  # the run must always end with a run_end line and a released lock
+            tb = traceback.format_exc()
+            sys.stderr.write(tb)
+            self._end("failed", f"{type(exc).__name__}: {exc}", advice="see trainer.err / stderr for the traceback")
+            return EXIT_FAILED
+        finally:
+            self._hb_stop.set()
+            hb.join(timeout=2)
+            lock.release()
+            self.events.close()
+            self.log.close()
+
+    def _say(self, line: str) -> None:
+        if self.log is not None:
+            self.log.write(line)
+        else:
+            print(line, file=sys.stderr)
+
+    def _warn(self, code: str, message: str, advice: str) -> None:
+        self.events.emit("warning", code=code, message=message, advice=advice)
+        self._say(f"WARNING [{code}] {message} -> {advice}")
+
+    def _end(self, status: str, reason: str, advice: str | None = None, step: int | None = None) -> None:
+        self.events.emit("run_end", status=status, reason=reason, advice=advice, step=step if step is not None else self.progress.step)
+        self.events.sync()
+        self._say(f"RUN END: {status} ({reason})" + (f" -> {advice}" if advice else ""))
+
+    def _heartbeat(self) -> None:
+        period = max(0.5, float(self.requested.heartbeat_seconds))
+        while not self._hb_stop.wait(period):
+            p = self.progress
+            self.events.emit("heartbeat", step=p.step, phase=p.phase, micro=p.micro, accum=p.accum)
+
+    # ---- setup -----------------------------------------------------------------------------------
+    def _resolve_config(self) -> tuple[TrainConfig, ckpt.FoundCheckpoint | None]:
+        cfg = self.requested
+        found = None
+        if cfg.resume:
+            found = ckpt.newest_loadable(self.out)
+            for line in (found.skipped if found else []):
+                self._warn("checkpoint_skipped", line, "resuming from an older checkpoint")
+            if found is not None and found.step < 0:
+                found = None
+            if found is None:
+                self._warn("nothing_to_resume", f"no loadable checkpoint in {self.out}", "starting from step 0")
+            else:
+                saved = TrainConfig.from_dict(found.state["config"])
+                changed = []
+                for key, value in self.overrides.items():
+                    if key in ("resume", "output_dir"):
+                        continue
+                    if getattr(saved, key, None) != value:
+                        changed.append(f"{key} {getattr(saved, key, None)!r} -> {value!r}")
+                        setattr(saved, key, value)
+                saved.resume, saved.output_dir = True, cfg.output_dir
+                if changed:
+                    self._warn("resume_overrides", "changed on resume: " + ", ".join(changed), "resume is exact only without changes")
+                cfg = saved
+        return cfg.resolve(), found
+
+    def _run_locked(self) -> int:
+        cfg, found = self._resolve_config()
+        self.cfg = cfg
+        device = pick_device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed % (2**32))
+
+        self.progress.phase = "data"
+        try:
+            init_state = ckpt.load_checkpoint(cfg.init_from) if cfg.init_from and found is None else None
+            data = self._load_data(cfg, found or init_state)
+        except (CorpusError, ckpt.CheckpointError) as exc:
+            self._end("failed", str(exc), advice="check --corpus / --init-from, then `kssm data check`")
+            return EXIT_FAILED
+
+        if found is not None:
+            model_cfg = ModelConfig.from_dict(found.state["model_config"])
+        elif init_state is not None and "model_config" in init_state:
+            model_cfg = ModelConfig.from_dict(init_state["model_config"])
+        else:
+            model_cfg = model_config_for(cfg.preset, data.vocab_size, bistable=not cfg.monostable)
+        model = KSSM(model_cfg).to(device)
+        if init_state is not None:
+            model.load_state_dict(init_state["model_state"])
+        decay = [p for p in model.parameters() if p.dim() >= 2]
+        no_decay = [p for p in model.parameters() if p.dim() < 2]
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.learning_rate,
+            betas=(0.9, 0.95),
+            fused=device.type == "cuda",
+        )
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, cfg))
+        sampler = BatchSampler(data.train, cfg.seq_len, cfg.batch_size, cfg.seed)
+        step, best_val = 0, float("inf")
+        if found is not None:
+            model.load_state_dict(found.state["model_state"])
+            opt.load_state_dict(found.state["optimizer_state"])
+            sched.load_state_dict(found.state["scheduler_state"])
+            for group in opt.param_groups:  # an --learning-rate override on resume takes effect
+                group["initial_lr"] = cfg.learning_rate
+            sched.base_lrs = [cfg.learning_rate for _ in opt.param_groups]
+            sampler.load_state_dict(found.state["data_state"])
+            set_rng_state(found.state["rng"])
+            step = int(found.state["step"])
+            best_val = float(found.state.get("best_val_loss", float("inf")))
+
+        self.model, self.opt, self.sched, self.sampler, self.data, self.device = model, opt, sched, sampler, data, device
+        self.best_val = best_val
+        self._last_ckpt_bytes = found.path.stat().st_size if found is not None else None
+        self._write_config_json(model_cfg)
+        self.events.emit(
+            "run_start",
+            config=cfg.to_dict(),
+            model_config=model_cfg.to_dict(),
+            device=str(device),
+            parameters=model.num_parameters(),
+            pid=os.getpid(),
+            host=socket.gethostname(),
+            resumed_from=str(found.path) if found is not None else None,
+            start_step=step,
+            max_steps=cfg.max_steps,
+            stage=cfg.stage,
+            world_size=1,
+            tokens_per_step=cfg.batch_size * cfg.grad_accum * cfg.seq_len,
+            data_dir=str(data.folder),
+            torch=torch.__version__,
+        )
+        self._say(
+            f"K-SSM v3 | {model.num_parameters():,} parameters | device {device} | steps {step} -> {cfg.max_steps} "
+            f"| batch {cfg.batch_size}x{cfg.grad_accum}x{cfg.seq_len} | lr {cfg.learning_rate} | lambda_reg {cfg.lambda_reg}"
+            + (f" | resumed from {found.path.name}" if found is not None else "")
+        )
+        self._say(STEP_HEADER)
+        return self._loop(step)
+
+    def _load_data(self, cfg: TrainConfig, state: dict | None):
+        if state is not None and state.get("config", {}).get("data_dir_resolved"):
+            folder = Path(state["config"]["data_dir_resolved"])
+            if folder.is_dir():
+                from .data import load_tokens
+
+                try:
+                    return load_tokens(folder)
+                except (OSError, ValueError, KeyError, CorpusError):
+                    pass
+        corpus = load_corpus(cfg.corpus)
+        data = prepare_tokens(corpus, cfg.data_dir, cfg.vocab_size, log=self._say)
+        if state is not None and state.get("tokenizer_sha256") not in (None, data.tokenizer.sha256()):
+            raise CorpusError(
+                "the corpus's tokenizer differs from the checkpoint's; pass the same --corpus and --data-dir as the original run"
+            )
+        self._say(f"data: {len(data.train):,} train / {len(data.val):,} val tokens from {corpus.name} ({data.folder})")
+        return data
+
+    def _write_config_json(self, model_cfg: ModelConfig) -> None:
+        body = {"train": self.cfg.to_dict(), "model": model_cfg.to_dict(), "data_dir": str(self.data.folder)}
+        tmp = self.out / ".config.json.tmp"
+        tmp.write_text(json.dumps(body, indent=2))
+        os.replace(tmp, self.out / "config.json")
+
+    # ---- the loop --------------------------------------------------------------------------------
+    def _loop(self, step: int) -> int:
+        cfg, model, opt, sched = self.cfg, self.model, self.opt, self.sched
+        params = [p for p in model.parameters() if p.requires_grad]
+        zero = torch.zeros((), device=self.device)
+        sums = {k: zero.clone() for k in ("loss", "ce", "reg", "R", "u_val", "grad_norm")}
+        window_steps, window_start = 0, time.perf_counter()
+        tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.seq_len
+        model.train()
+        while step < cfg.max_steps and not self.stop:
+            self.progress.step, self.progress.phase, self.progress.accum = step, "train", cfg.grad_accum
+            for micro in range(cfg.grad_accum):
+                self.progress.micro = micro
+                x, y = self.sampler.next_batch()
+                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                total, ce, out = model.loss(x, y, cfg.lambda_reg)
+                (total / cfg.grad_accum).backward()
+                with torch.no_grad():  # accumulate on the device: no host sync per micro-step
+                    sums["loss"] += total.detach() / cfg.grad_accum
+                    sums["ce"] += ce.detach() / cfg.grad_accum
+                    sums["reg"] += out.reg.detach() / cfg.grad_accum
+                    sums["R"] += out.R.detach() / cfg.grad_accum
+                    sums["u_val"] += out.u_val.detach() / cfg.grad_accum
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            sums["grad_norm"] += grad_norm.detach()
+            lr_now = opt.param_groups[0]["lr"]
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            window_steps += 1
+            self.progress.step = step
+
+            due_eval = step % cfg.eval_interval == 0 or step == cfg.max_steps
+            due_save = step % cfg.save_interval == 0 or step == cfg.max_steps or step in STAGE_TARGETS or bool(self.stop)
+            if step % cfg.log_interval == 0 or due_eval or due_save:
+                metrics = {k: float(v.item()) / window_steps for k, v in sums.items()}  # the one host sync
+                elapsed = max(1e-9, time.perf_counter() - window_start)
+                self._log_step(step, metrics, lr_now, window_steps * tokens_per_step / elapsed)
+                for v in sums.values():
+                    v.zero_()
+                window_steps, window_start = 0, time.perf_counter()
+                if not all(math.isfinite(metrics[k]) for k in ("loss", "ce")):
+                    lower = cfg.learning_rate / 10
+                    self._end(
+                        "failed", "nan_loss",
+                        advice=f"rerun with a lower learning rate: --learning-rate {lower:g} (the last good checkpoint is kept)",
+                        step=step,
+                    )
+                    return EXIT_FAILED
+            if due_eval:
+                self._evaluate(step)
+            if due_save:
+                self._save(step)
+        if self.stop:
+            self._end("interrupted", f"stopped by {self.stop.reason}", advice="resume with --resume", step=step)
+            return EXIT_INTERRUPTED
+        self._end("completed", "max_steps reached", step=step)
+        return EXIT_COMPLETED
+
+    def _log_step(self, step: int, m: dict, lr: float, tokens_per_s: float) -> None:
+        extra = {}
+        if self.device.type == "cuda":
+            extra["gpu_mem_bytes"] = int(torch.cuda.max_memory_allocated(self.device))
+            extra["gpu_mem_reserved_bytes"] = int(torch.cuda.memory_reserved(self.device))
+        self.events.emit(
+            "step", step=step, loss=m["loss"], ce=m["ce"], reg=m["reg"], R=m["R"], u_val=m["u_val"],
+            grad_norm=m["grad_norm"], lr=lr, tokens_per_s=round(tokens_per_s, 1), **extra,
+        )
+        self.log.write(format_step_line(step, m["loss"], m["ce"], m["reg"], m["R"], m["u_val"], m["grad_norm"]))
+
+    @torch.no_grad()
+    def _evaluate(self, step: int) -> None:
+        cfg, model = self.cfg, self.model
+        self.progress.phase = "eval"
+        model.eval()
+        n = 0
+        acc = {"loss": 0.0, "ce": 0.0, "R": 0.0, "u": 0.0}
+        for x, y in val_batches(self.data.val, cfg.seq_len, cfg.batch_size, cfg.eval_batches):
+            total, ce, out = model.loss(x.to(self.device), y.to(self.device), cfg.lambda_reg)
+            for k, v in (("loss", total), ("ce", ce), ("R", out.R), ("u", out.u_val)):
+                acc[k] += float(v)
+            n += 1
+        if n:
+            val = {k: v / n for k, v in acc.items()}
+            ppl = math.exp(min(val["ce"], 20.0)) if math.isfinite(val["ce"]) else float("nan")
+            self.events.emit("eval", step=step, val_loss=val["loss"], val_ce=val["ce"], val_ppl=ppl, val_R=val["R"], val_u=val["u"])
+            self.log.write(f"EVALUATION @ Step {step}")
+            self.log.write(f"  Val Loss: {val['loss']:.4f}")
+            self.log.write(f"  Val Perplexity: {ppl:.2f}")
+            self.log.write(f"  Val R: {val['R']:.4f}")
+            self.log.write(f"  Val u_val: {val['u']:.3f}")
+            if math.isfinite(val["loss"]) and val["loss"] < self.best_val:
+                self.best_val = val["loss"]
+                self._save_best(step, val["loss"])
+        self._sample(step)
+        model.train()
+        self.progress.phase = "train"
+
+    def _sample(self, step: int) -> None:
+        cfg, tok = self.cfg, self.data.tokenizer
+        prompt_ids = tok.encode(cfg.sample_prompt) or [tok.eot_id]
+        gen = torch.Generator(device=self.device).manual_seed(cfg.seed + step)
+        idx = torch.tensor([prompt_ids], device=self.device)
+        out, r_trace = self.model.generate(idx, cfg.sample_tokens, cfg.sample_temperature, generator=gen)
+        text = tok.decode(out[0, len(prompt_ids):].tolist())
+        mean_r = sum(r_trace) / len(r_trace) if r_trace else None
+        self.events.emit("sample", step=step, prompt=cfg.sample_prompt, text=text, R=mean_r)
+        self.log.write(f"  Sample: {cfg.sample_prompt}{text!r}")
+
+    # ---- checkpoints -----------------------------------------------------------------------------
+    def _state(self, step: int) -> dict[str, Any]:
+        cfg_dict = self.cfg.to_dict()
+        cfg_dict["data_dir_resolved"] = str(self.data.folder)
+        return {
+            "format": ckpt.CHECKPOINT_FORMAT,
+            "step": step,
+            "model_state": self.model.state_dict(),
+            "optimizer_state": self.opt.state_dict(),
+            "scheduler_state": self.sched.state_dict(),
+            "best_val_loss": self.best_val,
+            "rng": rng_state(),
+            "data_state": self.sampler.state_dict(),
+            "config": cfg_dict,
+            "model_config": self.model.cfg.to_dict(),
+            "tokenizer_sha256": self.data.tokenizer.sha256(),
+            "tokenizer_json": self.data.tokenizer._tok.to_str(),
+        }
+
+    def _has_room(self, name: str, estimate: int) -> bool:
+        free = ckpt.free_bytes(self.out)
+        if free < estimate + DISK_MARGIN_BYTES:
+            self._warn(
+                "disk_low",
+                f"skipped {name}: {free / 1e6:.0f} MB free, needs about {estimate / 1e6:.0f} MB",
+                f"free space, e.g. `kssm clean {self.out}`",
+            )
+            return False
+        return True
+
+    def _estimate_bytes(self) -> int:
+        if self._last_ckpt_bytes:
+            return self._last_ckpt_bytes
+        n = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        return 3 * n + 1_000_000  # weights + two Adam moments + the rest
+
+    def _save(self, step: int) -> None:
+        name = f"checkpoint_{step}.pt"
+        self.progress.phase = "save"
+        if self._has_room(name, self._estimate_bytes()):
+            try:
+                nbytes = ckpt.atomic_save(self._state(step), self.out / name)
+            except ckpt.DiskFull as exc:
+                self._warn("disk_full", str(exc), f"free space, e.g. `kssm clean {self.out}`")
+            else:
+                self._last_ckpt_bytes = nbytes
+                self.events.emit("checkpoint", step=step, path=name, bytes=nbytes, best=False)
+                self._say(f"saved {name} ({nbytes / 1e6:.1f} MB)")
+                for path in ckpt.prune(self.out, self.cfg.keep_checkpoints, STAGE_TARGETS | {self.cfg.max_steps}):
+                    self._say(f"pruned {path.name} (keeping the newest {self.cfg.keep_checkpoints})")
+        self.progress.phase = "train"
+
+    def _save_best(self, step: int, val_loss: float) -> None:
+        state = {
+            "format": ckpt.CHECKPOINT_FORMAT,
+            "step": step,
+            "model_state": self.model.state_dict(),
+            "val_loss": val_loss,
+            "config": self.cfg.to_dict(),
+            "model_config": self.model.cfg.to_dict(),
+            "tokenizer_sha256": self.data.tokenizer.sha256(),
+            "tokenizer_json": self.data.tokenizer._tok.to_str(),
+        }
+        estimate = sum(p.numel() * p.element_size() for p in self.model.parameters()) + 1_000_000
+        if not self._has_room(ckpt.BEST_NAME, estimate):
+            return
+        try:
+            nbytes = ckpt.atomic_save(state, self.out / ckpt.BEST_NAME)
+        except ckpt.DiskFull as exc:
+            self._warn("disk_full", str(exc), f"free space, e.g. `kssm clean {self.out}`")
+            return
+        self.events.emit("checkpoint", step=step, path=ckpt.BEST_NAME, bytes=nbytes, best=True, val_loss=val_loss)
+
+
+def train(cfg: TrainConfig, echo: TextIO | None = sys.stdout, overrides: dict | None = None) -> int:
+    return Trainer(cfg, echo=echo, overrides_on_resume=overrides).run()
+
+
+def tokenizer_from_checkpoint(state: dict[str, Any]) -> Tokenizer | None:
+    from tokenizers import Tokenizer as HFTokenizer
+
+    text = state.get("tokenizer_json")
+    return Tokenizer(HFTokenizer.from_str(text)) if isinstance(text, str) else None

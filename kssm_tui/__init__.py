@@ -1,0 +1,1 @@
+"""kssm_tui: the Textual training cockpit."""
