@@ -3,7 +3,7 @@
 Cache layout (one folder per corpus fingerprint and vocabulary size, under --data-dir):
     tokenizer.json            byte-level BPE trained on this corpus (no network, reproducible)
     tokens_train.npy          int32, memory-mapped
-    tokens_val.npy            int32 (every 20th document: the reference's 95/5 split)
+    tokens_val.npy            int32 (every 20th ~4 KB chunk: the reference's 95/5 split)
     tokens_train_meta.json    {"n_tokens", "vocab_size", "corpus", "fingerprint", ...}
     tokens_val_meta.json
 """
@@ -24,7 +24,9 @@ import torch
 from .corpus import Corpus, CorpusError
 
 EOT = "<|endoftext|>"
-VAL_EVERY = 20  # every 20th document goes to validation: a 95/5 split
+VAL_EVERY = 20  # every 20th chunk goes to validation: a 95/5 split
+CHUNK_CHARS = 4000
+CACHE_VERSION = 2  # bump when the cache layout or the split changes
 
 
 class Tokenizer:
@@ -103,7 +105,7 @@ class TokenData:
 
 def cache_folder(data_dir: str | Path, corpus: Corpus, vocab_size: int) -> Path:
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(corpus.name).name)[:40] or "corpus"
-    return Path(data_dir) / f"{slug}-{corpus.fingerprint()}-bpe{vocab_size}"
+    return Path(data_dir) / f"{slug}-{corpus.fingerprint()}-bpe{vocab_size}-v{CACHE_VERSION}"
 
 
 def prepare_tokens(corpus: Corpus, data_dir: str | Path, vocab_size: int, log=print) -> TokenData:
@@ -117,12 +119,9 @@ def prepare_tokens(corpus: Corpus, data_dir: str | Path, vocab_size: int, log=pr
     log(f"building token cache in {folder} ({corpus.n_chars:,} characters, vocabulary {vocab_size})")
     tok = Tokenizer.train(corpus.documents, vocab_size)
     tok.save(folder / "tokenizer.json")
-    train_docs = [d for i, d in enumerate(corpus.documents) if i % VAL_EVERY != VAL_EVERY - 1]
-    val_docs = [d for i, d in enumerate(corpus.documents) if i % VAL_EVERY == VAL_EVERY - 1]
-    if not val_docs:  # a single big file: hold out its last 5 % instead
-        text = train_docs[0]
-        cut = int(len(text) * 0.95)
-        train_docs, val_docs = [text[:cut]], [text[cut:]]
+    chunks = split_chunks(corpus.documents)
+    train_docs = [d for i, d in enumerate(chunks) if i % VAL_EVERY != VAL_EVERY - 1]
+    val_docs = [d for i, d in enumerate(chunks) if i % VAL_EVERY == VAL_EVERY - 1]
     common = {
         "vocab_size": tok.vocab_size,
         "corpus": corpus.name,
@@ -136,6 +135,22 @@ def prepare_tokens(corpus: Corpus, data_dir: str | Path, vocab_size: int, log=pr
         meta = dict(common, n_tokens=int(ids.size), n_documents=len(docs))
         _atomic_write_bytes(folder / f"tokens_{split}_meta.json", json.dumps(meta, indent=2).encode())
     return load_tokens(folder)
+
+
+def split_chunks(documents: list[str], target_chars: int = CHUNK_CHARS) -> list[str]:
+    """Cut long documents at paragraph breaks into pieces of about target_chars, so that taking
+    every 20th piece gives a validation set drawn from the whole corpus (95/5), even from one book."""
+    chunks: list[str] = []
+    for doc in documents:
+        start = 0
+        while start < len(doc):
+            end = min(len(doc), start + target_chars)
+            if end < len(doc):
+                brk = doc.rfind("\n\n", start + target_chars // 2, end)
+                end = brk + 2 if brk != -1 else end
+            chunks.append(doc[start:end])
+            start = end
+    return chunks
 
 
 def load_tokens(folder: str | Path) -> TokenData:
