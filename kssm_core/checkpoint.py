@@ -23,6 +23,8 @@ import torch
 CHECKPOINT_FORMAT = "kssm-checkpoint/1"
 CHECKPOINT_RE = re.compile(r"^checkpoint_(\d+)\.pt$")
 BEST_NAME = "best_model.pt"
+# Temp files of atomic_save (see tempfile.mkstemp below): a SIGKILL mid-save leaves one behind.
+TEMP_RE = re.compile(r"^\.(checkpoint_\d+\.pt|best_model\.pt)\..+\.tmp$")
 
 
 class CheckpointError(Exception):
@@ -77,6 +79,24 @@ def atomic_save(obj: dict[str, Any], path: str | Path) -> int:
         raise
     fsync_dir(path.parent)
     return len(data)
+
+
+def remove_stale_temps(run_dir: str | Path) -> list[Path]:
+    """Delete the temp files of saves that a killed trainer never finished.
+
+    Call only while holding the run's lock (no other writer can be mid-save). Regular files
+    directly in run_dir only; symlinks are left alone.
+    """
+    removed = []
+    try:
+        entries = list(os.scandir(run_dir))
+    except FileNotFoundError:
+        return []
+    for entry in entries:
+        if TEMP_RE.match(entry.name) and entry.is_file(follow_symlinks=False):
+            Path(entry.path).unlink(missing_ok=True)
+            removed.append(Path(entry.path))
+    return removed
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -167,6 +187,8 @@ def plan_clean(run_dir: str | Path, keep: int = 1) -> CleanPlan:
     outside run_dir, never a file whose name is not checkpoint_{step}.pt.
     """
     root = Path(run_dir)
+    if root.is_symlink():  # deleting through a link would delete the target's files
+        raise CheckpointError(f"{run_dir}: is a symlink; pass the real run folder ({root.resolve()})")
     if not root.is_dir():
         raise CheckpointError(f"{run_dir}: not a folder")
     real_root = root.resolve()

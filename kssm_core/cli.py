@@ -14,6 +14,8 @@ COMMAND_MODULES = (
     "kssm_core.commands.data",
     "kssm_core.commands.unlock",
     "kssm_core.commands.clean",
+    "kssm_core.commands.status",
+    "kssm_core.commands.eval",
 )
 
 

@@ -129,6 +129,8 @@ class TrainConfig:
     resume: bool = False
     heartbeat_seconds: float = 5.0
     stage: int | None = None
+    precision: str = "auto"
+    """auto | fp32 | bf16: bf16 autocast on CUDA (auto: where supported); the oscillator phases stay fp32."""
 
     def resolve(self) -> "TrainConfig":
         """Fill every None with the preset's or the schedule's default and validate."""
@@ -159,6 +161,8 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum", "seq_len", "log_interval", "eval_interval", "save_interval"):
             if getattr(c, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(c, name)}")
+        if c.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"--precision must be auto, fp32 or bf16, got {c.precision!r}")
         if c.seq_len > 1024:
             raise ValueError(f"--seq-len {c.seq_len} exceeds the position table (1024)")
         return c

@@ -8,7 +8,9 @@ compact arrays of floats, samples and warnings keep only the newest few.
 
 from __future__ import annotations
 
+import base64
 import math
+import sys
 from array import array
 from bisect import bisect_left
 from collections import deque
@@ -18,6 +20,8 @@ from typing import Any
 STEP_FIELDS = ("loss", "ce", "reg", "R", "u_val", "grad_norm", "lr", "tokens_per_s", "gpu_mem_bytes")
 EVAL_FIELDS = ("val_loss", "val_ce", "val_ppl", "val_R", "val_u")
 NAN = float("nan")
+_INT = {int}
+_NUM = {int, float}
 
 
 def as_number(value: Any) -> tuple[float, bool]:
@@ -73,13 +77,18 @@ class Series:
             self.rewind_to(step)
         self.steps.append(step)
         bad = 0
+        cols = self.cols
         for f in self.fields:
-            if f in record:
-                v, ok = as_number(record[f])
-                bad += not ok
+            v = record.get(f)
+            t = type(v)
+            if t is float or t is int:  # the common case, fast (bool is not int here: type() is exact)
+                cols[f].append(v)
+            elif v is None:
+                cols[f].append(NAN)  # absent, or the writer's null for NaN / inf
             else:
-                v = NAN
-            self.cols[f].append(v)
+                v, ok = as_number(v)
+                bad += not ok
+                cols[f].append(v)
         return bad
 
     def last(self, name: str) -> float | None:
@@ -91,6 +100,29 @@ class Series:
 
     def values(self, name: str) -> list[float]:
         return list(self.cols[name])
+
+    def to_state(self) -> dict:
+        """JSON-safe and compact: each column as base64 of its machine bytes (NaN survives, no pickle)."""
+        return {
+            "byteorder": sys.byteorder,
+            "steps": base64.b64encode(self.steps.tobytes()).decode("ascii"),
+            "cols": {f: base64.b64encode(c.tobytes()).decode("ascii") for f, c in self.cols.items()},
+        }
+
+    @classmethod
+    def from_state(cls, fields: tuple[str, ...], d: dict) -> "Series":
+        s = cls(fields)
+        swap = d.get("byteorder") != sys.byteorder
+        s.steps.frombytes(base64.b64decode(d["steps"]))
+        for f in fields:
+            s.cols[f].frombytes(base64.b64decode(d["cols"][f]))
+        arrays = [s.steps, *s.cols.values()]
+        if swap:
+            for a in arrays:
+                a.byteswap()
+        if any(len(a) != len(s.steps) for a in arrays):
+            raise ValueError("series columns differ in length")
+        return s
 
 
 @dataclass
@@ -110,10 +142,58 @@ class RunHistory:
     events: int = 0
     malformed_values: int = 0
     skipped_events: int = 0  # events without a usable step, unknown kinds
+    step_times: deque = field(default_factory=lambda: deque(maxlen=256))  # (t, step) of recent step events: rate, stall
 
     def extend(self, records) -> None:
+        """apply() each record; runs of ordinary step events take a columnar fast path (same result)."""
+        batch: list[dict] = []
         for r in records:
+            if r.get("event") == "step":
+                batch.append(r)
+                continue
+            if batch:
+                self._apply_steps(batch)
+                batch = []
             self.apply(r)
+        if batch:
+            self._apply_steps(batch)
+
+    def _apply_steps(self, batch: list[dict]) -> None:
+        """Fold many step events at once when they are well-formed and move forward; else one by one."""
+        steps = [r.get("step") for r in batch]
+        ts = [r.get("t") for r in batch]
+        last = self.steps.steps[-1] if len(self.steps) else -1
+        if (len(batch) < 8 or not set(map(type, steps)) <= _INT or not set(map(type, ts)) <= _NUM
+                or steps[0] <= last or steps[0] < 0
+                or any(b <= a for a, b in zip(steps, steps[1:]))):
+            for r in batch:
+                self.apply(r)
+            return
+        self.events += len(batch)
+        tmax = max((t for t in ts if t == t), default=None)  # NaN never wins (max() with NaN depends on order)
+        if tmax is not None:
+            self.last_event_t = tmax if self.last_event_t is None else max(self.last_event_t, tmax)
+        series = self.steps
+        series.steps.extend(steps)
+        for f in series.fields:
+            vals = [r.get(f) for r in batch]
+            kinds = set(map(type, vals))
+            if kinds <= _NUM:
+                series.cols[f].extend(vals)
+                continue
+            out = []
+            for v in vals:
+                t = type(v)
+                if t is float or t is int:
+                    out.append(v)
+                elif v is None:
+                    out.append(NAN)
+                else:
+                    v, ok = as_number(v)
+                    self.malformed_values += not ok
+                    out.append(v)
+            series.cols[f].extend(out)
+        self.step_times.extend((float(t), st) for t, st in zip(ts[-256:], steps[-256:]) if t == t)
 
     def apply(self, r: dict) -> None:
         kind = r.get("event")
@@ -127,6 +207,8 @@ class RunHistory:
                 self.skipped_events += 1
                 return
             self.malformed_values += self.steps.add(step, r)
+            if ok and not math.isnan(t):
+                self.step_times.append((t, step))
         elif kind == "eval":
             step = as_step(r.get("step"))
             if step is None:
@@ -152,6 +234,7 @@ class RunHistory:
             if self.first_run_start is None:
                 self.first_run_start = r
             self.run_end = None
+            self.step_times.clear()  # a new process: its rate starts afresh
             start = as_step(r.get("start_step"))
             if start is not None:  # a resume: whatever was logged after the checkpoint is orphaned
                 self.steps.rewind_to(start + 1)
@@ -164,6 +247,41 @@ class RunHistory:
             self.schema = r
         else:
             self.skipped_events += 1
+
+    # ---- a compact JSON form (kssm status keeps it in its cache) ---------------------------------
+    _PLAIN = ("checkpoints", "schema", "run_start", "first_run_start", "run_end", "last_heartbeat", "last_event_t",
+              "segments", "events", "malformed_values", "skipped_events")
+
+    def to_state(self) -> dict:
+        d = {name: getattr(self, name) for name in self._PLAIN}
+        d.update(steps=self.steps.to_state(), evals=self.evals.to_state(), samples=list(self.samples),
+                 warnings=list(self.warnings), step_times=[list(x) for x in self.step_times])
+        return d
+
+    @classmethod
+    def from_state(cls, d: dict) -> "RunHistory":
+        """Inverse of to_state(); raises (KeyError, ValueError, TypeError) on a damaged state."""
+        h = cls()
+        for name in cls._PLAIN:
+            v = d[name]
+            want = (int,) if name in ("segments", "events", "malformed_values", "skipped_events") else \
+                (int, float, type(None)) if name == "last_event_t" else (dict, type(None))
+            if not isinstance(v, want) or isinstance(v, bool):
+                raise TypeError(f"{name}: unexpected {type(v).__name__}")
+            setattr(h, name, v)
+        h.steps = Series.from_state(STEP_FIELDS, d["steps"])
+        h.evals = Series.from_state(EVAL_FIELDS, d["evals"])
+        for name in ("samples", "warnings"):
+            items = d[name]
+            if not isinstance(items, list) or not all(isinstance(x, dict) for x in items):
+                raise TypeError(f"{name} must be a list of objects")
+            getattr(h, name).extend(items)
+        if not all(isinstance(v, dict) for v in h.checkpoints.values()):
+            raise TypeError("checkpoints must map names to objects")
+        h.step_times.extend((float(t), int(st)) for t, st in d["step_times"])
+        if not isinstance(h.checkpoints, dict):
+            raise TypeError("checkpoints must be a dict")
+        return h
 
     # ---- convenient views ------------------------------------------------------------------------
     @property

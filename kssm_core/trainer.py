@@ -6,6 +6,7 @@ Writes the run folder described in docs/run-folder.md. Exit codes: 0 completed,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -27,9 +28,11 @@ from . import checkpoint as ckpt
 from .config import STAGE_TARGETS, ModelConfig, TrainConfig, model_config_for
 from .corpus import CorpusError, load_corpus
 from .data import BatchSampler, Tokenizer, prepare_tokens, val_batches
+from .distributed import SINGLE, Dist, NullEventWriter, NullTextLog, ShardSampler, rng_for_rank, split_batch
 from .events import STEP_HEADER, EventWriter, TextLog, format_step_line
 from .lock import LockHeld, RunLock
 from .model import KSSM
+from .precision import autocast, resolve_precision
 
 EXIT_COMPLETED, EXIT_FAILED, EXIT_REFUSED, EXIT_INTERRUPTED = 0, 1, 2, 130
 DISK_MARGIN_BYTES = 16 * 1024 * 1024
@@ -117,8 +120,11 @@ class StopFlag:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, echo: TextIO | None = sys.stdout, overrides_on_resume: dict | None = None):
+    def __init__(
+        self, cfg: TrainConfig, echo: TextIO | None = sys.stdout, overrides_on_resume: dict | None = None, dist: Dist | None = None
+    ):
         self.requested = cfg
+        self.dist = dist or SINGLE  # torchrun workers: rank 0 alone writes the run folder
         self.echo = echo
         self.overrides = overrides_on_resume or {}
         self.out = Path(cfg.output_dir)
@@ -136,20 +142,27 @@ class Trainer:
             self._say(f"cannot create {self.out}: {exc.strerror}")
             return EXIT_REFUSED
         lock = RunLock(self.out)
+        stale, refused = None, False
         try:
-            stale = lock.acquire()
+            stale = lock.acquire() if self.dist.is_main else None
         except LockHeld as exc:
             self._say(str(exc))
+            refused = True
+        if not self.dist.agree(not refused):  # every rank refuses when rank 0 could not take the lock
+            lock.release()
             return EXIT_REFUSED
         if install_signals:
             self.stop.install()
-        self.events = EventWriter(self.out / "events.jsonl")
-        self.log = TextLog(self.out / "training.log", echo=self.echo)
+        main = self.dist.is_main
+        self.events = EventWriter(self.out / "events.jsonl") if main else NullEventWriter()
+        self.log = TextLog(self.out / "training.log", echo=self.echo) if main else NullTextLog()
         hb = threading.Thread(target=self._heartbeat, name="kssm-heartbeat", daemon=True)
         hb.start()
         try:
             if stale is not None:
                 self._warn("stale_lock", f"took over a stale lock left by {stale.describe}", "none needed")
+            for path in (ckpt.remove_stale_temps(self.out) if main else []):  # left by a save that was killed
+                self._say(f"removed {path.name}: the temp file of an unfinished save")
             return self._run_locked()
         except KeyboardInterrupt:
             self._end("interrupted", "second signal: stopped without a final save")
@@ -157,7 +170,7 @@ class Trainer:
         except Exception as exc:  # the run must always end with a run_end line and a released lock
             tb = traceback.format_exc()
             sys.stderr.write(tb)
-            self._end("failed", f"{type(exc).__name__}: {exc}", advice="see trainer.err / stderr for the traceback")
+            self._end("failed", self.dist.failure_reason(exc), advice="see trainer.err / stderr for the traceback")
             return EXIT_FAILED
         finally:
             self._hb_stop.set()
@@ -217,7 +230,13 @@ class Trainer:
     def _run_locked(self) -> int:
         cfg, found = self._resolve_config()
         self.cfg = cfg
-        device = pick_device(cfg.device)
+        try:
+            device = self.dist.device(pick_device(cfg.device))
+            self.precision = resolve_precision(cfg.precision, device)
+            self.micro, self.accum = split_batch(cfg.batch_size, cfg.grad_accum, self.dist.world)
+        except ValueError as exc:  # a bad --device is a bad argument: one line, exit 2, no traceback
+            self._end("failed", str(exc), advice="pick another --device / --precision, or a batch that splits over the processes")
+            return EXIT_REFUSED
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed % (2**32))
@@ -225,7 +244,8 @@ class Trainer:
         self.progress.phase = "data"
         try:
             init_state = ckpt.load_checkpoint(cfg.init_from) if cfg.init_from and found is None else None
-            data = self._load_data(cfg, found or init_state)
+            with self.dist.main_first():  # rank 0 builds the token cache, the others then load it
+                data = self._load_data(cfg, found.state if found is not None else init_state)
         except (CorpusError, ckpt.CheckpointError) as exc:
             self._end("failed", str(exc), advice="check --corpus / --init-from, then `kssm data check`")
             return EXIT_FAILED
@@ -248,8 +268,16 @@ class Trainer:
             fused=device.type == "cuda",
         )
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, cfg))
-        sampler = BatchSampler(data.train, cfg.seq_len, cfg.batch_size, cfg.seed)
+        try:
+            if self.dist.world > 1:  # each rank its own micro-batches of the one-process order
+                sampler = ShardSampler(data.train, cfg.seq_len, self.micro, cfg.seed, self.dist.rank, self.dist.world)
+            else:
+                sampler = BatchSampler(data.train, cfg.seq_len, cfg.batch_size, cfg.seed)
+        except CorpusError as exc:  # too few tokens for one batch: bad data, one line, no traceback
+            self._end("failed", str(exc), advice="use a larger --corpus or a smaller --seq-len / --batch-size")
+            return EXIT_FAILED
         step, best_val = 0, float("inf")
+        self.dist.seed_rank(cfg.seed)  # after the model's init: ranks > 0 draw their own phase noise
         if found is not None:
             model.load_state_dict(found.state["model_state"])
             opt.load_state_dict(found.state["optimizer_state"])
@@ -258,14 +286,27 @@ class Trainer:
                 group["initial_lr"] = cfg.learning_rate
             sched.base_lrs = [cfg.learning_rate for _ in opt.param_groups]
             sampler.load_state_dict(found.state["data_state"])
-            set_rng_state(found.state["rng"])
+            rng = rng_for_rank(found.state, self.dist.rank)
+            if rng is not None:
+                set_rng_state(rng)
+            saved_world = int(found.state.get("world_size", 1))
+            if saved_world != self.dist.world:
+                self._warn(
+                    "world_size_changed",
+                    f"checkpoint saved by {saved_world} process(es), resuming with {self.dist.world}: same data order "
+                    f"and global batch, but the phase-noise RNG streams differ from an uninterrupted run",
+                    f"resume with --nproc {saved_world} for an exact continuation",
+                )
             step = int(found.state["step"])
             best_val = float(found.state.get("best_val_loss", float("inf")))
 
         self.model, self.opt, self.sched, self.sampler, self.data, self.device = model, opt, sched, sampler, data, device
         self.best_val = best_val
+        self.dist.same_everywhere("the step to resume from", step)
+        self.step_model = self.dist.wrap(model, device)  # LossModule (under DDP when world > 1)
         self._last_ckpt_bytes = found.path.stat().st_size if found is not None else None
-        self._write_config_json(model_cfg)
+        if self.dist.is_main:
+            self._write_config_json(model_cfg)
         self.events.emit(
             "run_start",
             config=cfg.to_dict(),
@@ -278,14 +319,19 @@ class Trainer:
             start_step=step,
             max_steps=cfg.max_steps,
             stage=cfg.stage,
-            world_size=1,
+            world_size=self.dist.world,
+            micro_batch=self.micro,
+            grad_accum_per_rank=self.accum,
+            precision=self.precision,
             tokens_per_step=cfg.batch_size * cfg.grad_accum * cfg.seq_len,
             data_dir=str(data.folder),
             torch=torch.__version__,
         )
         self._say(
             f"K-SSM v3 | {model.num_parameters():,} parameters | device {device} | steps {step} -> {cfg.max_steps} "
-            f"| batch {cfg.batch_size}x{cfg.grad_accum}x{cfg.seq_len} | lr {cfg.learning_rate} | lambda_reg {cfg.lambda_reg}"
+            f"| batch {cfg.batch_size}x{cfg.grad_accum}x{cfg.seq_len}"
+            + (f" (micro {self.micro} x accum {self.accum} x {self.dist.world} ranks)" if self.dist.world > 1 else "")
+            + f" | {self.precision} | lr {cfg.learning_rate} | lambda_reg {cfg.lambda_reg}"
             + (f" | resumed from {found.path.name}" if found is not None else "")
         )
         self._say(STEP_HEADER)
@@ -324,21 +370,27 @@ class Trainer:
         sums = {k: zero.clone() for k in ("loss", "ce", "reg", "R", "u_val", "grad_norm")}
         window_steps, window_start = 0, time.perf_counter()
         tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.seq_len
+        accum = self.accum  # micro-steps per rank: micro x accum x world = batch_size x grad_accum
         model.train()
-        while step < cfg.max_steps and not self.stop:
-            self.progress.step, self.progress.phase, self.progress.accum = step, "train", cfg.grad_accum
-            for micro in range(cfg.grad_accum):
+        stopping = self.dist.agree_stop(self.stop.reason)  # every rank stops at the same step
+        while step < cfg.max_steps and stopping is None:
+            self.progress.step, self.progress.phase, self.progress.accum = step, "train", accum
+            for micro in range(accum):
                 self.progress.micro = micro
                 x, y = self.sampler.next_batch()
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-                total, ce, out = model.loss(x, y, cfg.lambda_reg)
-                (total / cfg.grad_accum).backward()
+                # DDP all-reduces the gradients on the last micro-step only.
+                sync = micro == accum - 1 or self.dist.world == 1
+                with (contextlib.nullcontext() if sync else self.step_model.no_sync()):
+                    with autocast(self.device, self.precision):
+                        total, ce, reg, r_mean, u_mean = self.step_model(x, y, cfg.lambda_reg)
+                    (total / accum).backward()
                 with torch.no_grad():  # accumulate on the device: no host sync per micro-step
-                    sums["loss"] += total.detach() / cfg.grad_accum
-                    sums["ce"] += ce.detach() / cfg.grad_accum
-                    sums["reg"] += out.reg.detach() / cfg.grad_accum
-                    sums["R"] += out.R.detach() / cfg.grad_accum
-                    sums["u_val"] += out.u_val.detach() / cfg.grad_accum
+                    sums["loss"] += total.detach() / accum
+                    sums["ce"] += ce.detach() / accum
+                    sums["reg"] += reg.detach() / accum
+                    sums["R"] += r_mean.detach() / accum
+                    sums["u_val"] += u_mean.detach() / accum
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             sums["grad_norm"] += grad_norm.detach()
             lr_now = opt.param_groups[0]["lr"]
@@ -348,17 +400,20 @@ class Trainer:
             step += 1
             window_steps += 1
             self.progress.step = step
+            stopping = self.dist.agree_stop(self.stop.reason)
 
             due_eval = step % cfg.eval_interval == 0 or step == cfg.max_steps
-            due_save = step % cfg.save_interval == 0 or step == cfg.max_steps or step in STAGE_TARGETS or bool(self.stop)
+            due_save = step % cfg.save_interval == 0 or step == cfg.max_steps or step in STAGE_TARGETS or stopping is not None
             if step % cfg.log_interval == 0 or due_eval or due_save:
-                metrics = {k: float(v.item()) / window_steps for k, v in sums.items()}  # the one host sync
+                means = self.dist.mean_(list(sums.values()))  # over the ranks, at log intervals only
+                metrics = {k: float(v.item()) / window_steps for k, v in zip(sums, means)}  # the one host sync
                 elapsed = max(1e-9, time.perf_counter() - window_start)
                 self._log_step(step, metrics, lr_now, window_steps * tokens_per_step / elapsed)
                 for v in sums.values():
                     v.zero_()
                 window_steps, window_start = 0, time.perf_counter()
-                if not all(math.isfinite(metrics[k]) for k in ("loss", "ce")):
+                # A non-finite grad norm has already made the weights NaN: stop before saving them.
+                if not all(math.isfinite(metrics[k]) for k in ("loss", "ce", "grad_norm")):
                     lower = cfg.learning_rate / 10
                     self._end(
                         "failed", "nan_loss",
@@ -370,8 +425,8 @@ class Trainer:
                 self._evaluate(step)
             if due_save:
                 self._save(step)
-        if self.stop:
-            self._end("interrupted", f"stopped by {self.stop.reason}", advice="resume with --resume", step=step)
+        if stopping:
+            self._end("interrupted", f"stopped by {stopping}", advice="resume with --resume", step=step)
             return EXIT_INTERRUPTED
         self._end("completed", "max_steps reached", step=step)
         return EXIT_COMPLETED
@@ -383,7 +438,7 @@ class Trainer:
             extra["gpu_mem_reserved_bytes"] = int(torch.cuda.memory_reserved(self.device))
         self.events.emit(
             "step", step=step, loss=m["loss"], ce=m["ce"], reg=m["reg"], R=m["R"], u_val=m["u_val"],
-            grad_norm=m["grad_norm"], lr=lr, tokens_per_s=round(tokens_per_s, 1), **extra,
+            grad_norm=m["grad_norm"], lr=lr, tokens_per_s=round(tokens_per_s, 1), world_size=self.dist.world, **extra,
         )
         self.log.write(format_step_line(step, m["loss"], m["ce"], m["reg"], m["R"], m["u_val"], m["grad_norm"]))
 
@@ -394,11 +449,21 @@ class Trainer:
         model.eval()
         n = 0
         acc = {"loss": 0.0, "ce": 0.0, "R": 0.0, "u": 0.0}
-        for x, y in val_batches(self.data.val, cfg.seq_len, cfg.batch_size, cfg.eval_batches):
-            total, ce, out = model.loss(x.to(self.device), y.to(self.device), cfg.lambda_reg)
+        for b, (x, y) in enumerate(val_batches(self.data.val, cfg.seq_len, cfg.batch_size, cfg.eval_batches)):
+            if b % self.dist.world != self.dist.rank:  # ranks share the validation batches
+                continue
+            with autocast(self.device, self.precision):
+                total, ce, out = model.loss(x.to(self.device), y.to(self.device), cfg.lambda_reg)
             for k, v in (("loss", total), ("ce", ce), ("R", out.R), ("u", out.u_val)):
                 acc[k] += float(v)
             n += 1
+        *sums, n = self.dist.sum_floats([*acc.values(), float(n)])
+        acc, n = dict(zip(acc, sums)), int(n)
+        if not self.dist.is_main:  # rank 0 alone reports, samples and saves best_model.pt
+            model.train()
+            self.progress.phase = "train"
+            self.dist.wait_for_main()
+            return
         if n:
             val = {k: v / n for k, v in acc.items()}
             ppl = math.exp(min(val["ce"], 20.0)) if math.isfinite(val["ce"]) else float("nan")
@@ -414,6 +479,7 @@ class Trainer:
         self._sample(step)
         model.train()
         self.progress.phase = "train"
+        self.dist.wait_for_main()
 
     def _sample(self, step: int) -> None:
         cfg, tok = self.cfg, self.data.tokenizer
@@ -427,10 +493,11 @@ class Trainer:
         self.log.write(f"  Sample: {cfg.sample_prompt}{text!r}")
 
     # ---- checkpoints -----------------------------------------------------------------------------
-    def _state(self, step: int) -> dict[str, Any]:
+    def _state(self, step: int, rng_per_rank: list | None = None) -> dict[str, Any]:
         cfg_dict = self.cfg.to_dict()
         cfg_dict["data_dir_resolved"] = str(self.data.folder)
-        return {
+        extra = {"world_size": self.dist.world, "rng_per_rank": rng_per_rank} if self.dist.world > 1 else {}
+        return extra | {
             "format": ckpt.CHECKPOINT_FORMAT,
             "step": step,
             "model_state": self.model.state_dict(),
@@ -465,9 +532,14 @@ class Trainer:
     def _save(self, step: int) -> None:
         name = f"checkpoint_{step}.pt"
         self.progress.phase = "save"
+        rng_per_rank = self.dist.gather(rng_state()) if self.dist.world > 1 else None  # every rank's stream
+        if not self.dist.is_main:
+            self.dist.wait_for_main()
+            self.progress.phase = "train"
+            return
         if self._has_room(name, self._estimate_bytes()):
             try:
-                nbytes = ckpt.atomic_save(self._state(step), self.out / name)
+                nbytes = ckpt.atomic_save(self._state(step, rng_per_rank), self.out / name)
             except ckpt.DiskFull as exc:
                 self._warn("disk_full", str(exc), f"free space, e.g. `kssm clean {self.out}`")
             else:
@@ -477,6 +549,7 @@ class Trainer:
                 for path in ckpt.prune(self.out, self.cfg.keep_checkpoints, STAGE_TARGETS | {self.cfg.max_steps}):
                     self._say(f"pruned {path.name} (keeping the newest {self.cfg.keep_checkpoints})")
         self.progress.phase = "train"
+        self.dist.wait_for_main()
 
     def _save_best(self, step: int, val_loss: float) -> None:
         state = {
@@ -500,8 +573,8 @@ class Trainer:
         self.events.emit("checkpoint", step=step, path=ckpt.BEST_NAME, bytes=nbytes, best=True, val_loss=val_loss)
 
 
-def train(cfg: TrainConfig, echo: TextIO | None = sys.stdout, overrides: dict | None = None) -> int:
-    return Trainer(cfg, echo=echo, overrides_on_resume=overrides).run()
+def train(cfg: TrainConfig, echo: TextIO | None = sys.stdout, overrides: dict | None = None, dist: Dist | None = None) -> int:
+    return Trainer(cfg, echo=echo, overrides_on_resume=overrides, dist=dist).run()
 
 
 def tokenizer_from_checkpoint(state: dict[str, Any]) -> Tokenizer | None:

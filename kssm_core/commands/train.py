@@ -37,6 +37,10 @@ def register(sub) -> None:
     p.add_argument("--monostable", action="store_true", default=None, help="the ablation: no u clamp, lambda_reg 0")
     p.add_argument("--heartbeat-seconds", type=float)
     p.add_argument("--quiet", action="store_true", help="do not echo the log to stdout")
+    p.add_argument("--nproc", type=int, metavar="N",
+                   help="train with N processes on this machine (torchrun + DDP; one per GPU). See docs/distributed.md")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"),
+                   help="auto (default): bf16 autocast on a CUDA GPU that supports it, else fp32")
     p.set_defaults(func=run)
 
 
@@ -44,12 +48,14 @@ FIELDS = (
     "max_steps", "output_dir", "resume", "init_from", "preset", "corpus", "data_dir", "vocab_size", "seed", "device",
     "learning_rate", "lambda_reg", "batch_size", "grad_accum", "seq_len", "warmup_steps", "log_interval",
     "eval_interval", "save_interval", "eval_batches", "keep_checkpoints", "monostable", "heartbeat_seconds", "stage",
+    "precision",
 )
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
     """The run's config and the flags given explicitly (those override a checkpoint's on --resume)."""
     explicit = {k: getattr(args, k) for k in FIELDS if getattr(args, k, None) is not None}
+    typed = dict(explicit)  # only flags the user typed override a checkpoint's settings on --resume
     st = stage(args.stage) if args.stage else None
     if st is None and "max_steps" in explicit:
         st = next((s for s in STAGES if s.steps == explicit["max_steps"]), None)
@@ -60,7 +66,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
     explicit.setdefault("output_dir", str(Path(args.runs_root) / st.output_dir))
     if args.stage:
         explicit["stage"] = args.stage
-    return TrainConfig(**explicit), {k: v for k, v in explicit.items() if k not in ("output_dir",)}
+        typed.setdefault("max_steps", st.steps)  # `--stage N` means that stage's target
+    return TrainConfig(**explicit), {k: v for k, v in typed.items() if k not in ("output_dir",)}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,4 +82,39 @@ def run(args: argparse.Namespace) -> int:
         print(f"kssm train: {exc}", file=sys.stderr)
         return EXIT_REFUSED
     overrides = {k: v for k, v in explicit.items() if k not in ("resume", "stage")}
-    return train(cfg, echo=None if args.quiet else sys.stdout, overrides=overrides)
+    from .. import distributed
+
+    nproc = getattr(args, "nproc", None)
+    if nproc is not None:
+        refusal = _check_nproc(nproc, cfg)
+        if refusal:
+            print(f"kssm train: {refusal}", file=sys.stderr)
+            return EXIT_REFUSED
+        if nproc > 1:
+            return distributed.launch(nproc, args, cfg.output_dir)
+    dist = distributed.Dist.init_from_env()  # a torchrun worker joins its job; otherwise one process
+    try:
+        echo = None if args.quiet or not dist.is_main else sys.stdout
+        return train(cfg, echo=echo, overrides=overrides, dist=dist)
+    finally:
+        dist.teardown()
+
+
+def _check_nproc(nproc: int, cfg: TrainConfig) -> str | None:
+    """Why `--nproc` cannot run (one line), or None."""
+    from .. import distributed
+    from ..lock import lock_state, read_lock
+
+    if nproc < 1:
+        return f"--nproc must be >= 1, got {nproc}"
+    if distributed.under_torchrun():
+        return "--nproc starts torchrun itself; under torchrun leave it out (torchrun's --nproc-per-node sets it)"
+    resolved = cfg.resolve()
+    try:
+        distributed.split_batch(resolved.batch_size, resolved.grad_accum, nproc)
+    except distributed.DistError as exc:
+        return str(exc)
+    state, reason = lock_state(read_lock(cfg.output_dir))
+    if state in ("live", "foreign"):
+        return f"{cfg.output_dir}/training.lock {reason}; another trainer owns this folder (stop it first, or use another --output-dir)"
+    return None

@@ -1,0 +1,165 @@
+"""The runbook's failure playbook: each Warning / Failure mapped to a command the user can paste.
+
+Every remedy is computed from the run's own settings (run_start's config), so it always moves in the
+right direction: the learning rate only goes down, lambda_reg only goes up, the seed changes, a
+resume keeps the run's own target. Pure functions; nothing here runs a command.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+from pathlib import Path
+from typing import Any
+
+from .config import TrainConfig, stage as stage_info
+from .criteria import DEFAULT, Criteria
+from .history import RunHistory, as_number, as_step
+from .verdicts import MatrixRow, Verdict
+
+_DEFAULTS = TrainConfig()
+
+
+# ---- the direction of each change ------------------------------------------------------------------------
+def lower_learning_rate(lr: Any, factor: float = 10.0) -> float:
+    """The run's learning rate divided by `factor` (runbook: 0.001 -> 0.0001 for NaN, -> 0.0005 for a plateau)."""
+    v, _ = as_number(lr)
+    if not (math.isfinite(v) and v > 0):
+        v = _DEFAULTS.learning_rate
+    return float(f"{v / factor:.3g}")
+
+
+def raise_lambda_reg(lam: Any, factor: float = 10.0, floor: float = 0.1) -> float:
+    """The run's lambda_reg times `factor`, at least `floor` (runbook: 0.01 -> 0.1 when u_val hits the clamps)."""
+    v, _ = as_number(lam)
+    if not (math.isfinite(v) and v >= 0):
+        v = _DEFAULTS.lambda_reg
+    return float(f"{max(v * factor, floor):.3g}")
+
+
+def next_seed(seed: Any) -> int:
+    s = as_step(seed)
+    return (s if s is not None else _DEFAULTS.seed) + 1
+
+
+# ---- commands ------------------------------------------------------------------------------------------
+def _run_dir(history: RunHistory, run_dir: str | Path | None) -> str:
+    if run_dir is not None:
+        return str(run_dir)
+    out = history.config.get("output_dir")
+    return out if isinstance(out, str) and out else "results/stage1"
+
+
+def _fmt_value(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def train_command(history: RunHistory, run_dir: str | Path | None = None, *, resume: bool = False,
+                  **overrides: Any) -> str:
+    """`kssm train ...` that repeats the run's settings (stage, folder, preset, corpus) with `overrides` applied.
+    Override names are TrainConfig fields (learning_rate=..., lambda_reg=..., seed=..., max_steps=...)."""
+    cfg = history.config
+    args: list[str] = ["kssm", "train"]
+    st = as_step(cfg.get("stage")) or as_step((history.run_start or {}).get("stage"))
+    target = as_step(overrides.pop("max_steps", None)) or history.max_steps
+    if st is not None and 1 <= st <= 5:
+        args += ["--stage", str(st)]
+        if target is not None and target != stage_info(st).steps:
+            args += ["--max-steps", str(target)]
+    elif target is not None:
+        args += ["--max-steps", str(target)]
+    args += ["--output-dir", _run_dir(history, run_dir)]
+    if resume:
+        args.append("--resume")
+    for name in ("preset", "corpus", "data_dir"):
+        v = cfg.get(name)
+        if isinstance(v, str) and v and v != getattr(_DEFAULTS, name) and name not in overrides:
+            args += ["--" + name.replace("_", "-"), v]
+    for name, value in overrides.items():
+        args += ["--" + name.replace("_", "-"), _fmt_value(value)]
+    return shlex.join(args)
+
+
+def resume_command(history: RunHistory, run_dir: str | Path | None = None, max_steps: int | None = None) -> str:
+    """Emergency recovery: continue a crashed / interrupted run to its own target."""
+    args = ["kssm", "train", "--output-dir", _run_dir(history, run_dir), "--resume"]
+    target = max_steps or history.max_steps
+    if target is not None:
+        args += ["--max-steps", str(target)]
+    return shlex.join(args)
+
+
+def unlock_command(run_dir: str | Path) -> str:
+    return shlex.join(["kssm", "unlock", str(run_dir)])
+
+
+def data_check_command(history: RunHistory) -> str:
+    cfg = history.config
+    args = ["kssm", "data", "check"]
+    for name in ("corpus", "data_dir", "preset"):
+        v = cfg.get(name)
+        if isinstance(v, str) and v:
+            args += ["--" + name.replace("_", "-"), v]
+    return shlex.join(args)
+
+
+def status_watch_command(run_dir: str | Path | None, history: RunHistory) -> str:
+    return shlex.join(["kssm", "status", _run_dir(history, run_dir), "--watch"])
+
+
+# ---- the mapping -------------------------------------------------------------------------------------------
+def remedy_for(row: MatrixRow, history: RunHistory, run_dir: str | Path | None = None,
+               criteria: Criteria = DEFAULT) -> tuple[str | None, str | None]:
+    """(command, one-line why) for a Warning / Failure row; (None, None) for Healthy / Pending."""
+    if row.verdict not in (Verdict.WARNING, Verdict.FAILURE):
+        return None, None
+    cfg = history.config
+    failure = row.verdict is Verdict.FAILURE
+    m, reason = row.metric, row.reason
+    if m == "Loss":
+        if failure:
+            lr = lower_learning_rate(cfg.get("learning_rate"))
+            return (train_command(history, run_dir, learning_rate=lr),
+                    f"loss NaN or increasing: restart the stage with a 10x lower learning rate ({lr:g})")
+        return data_check_command(history), "loss flat: check the data loads and decodes to text, then restart the stage"
+    if m == "Val PPL":
+        if row.stage == 2:
+            return (data_check_command(history),
+                    "val PPL high (degrading like v2): check data loading - token counts and a decoded sample")
+        lr = lower_learning_rate(cfg.get("learning_rate"), factor=2.0)
+        return (train_command(history, run_dir, learning_rate=lr),
+                f"val PPL not improving: halve the learning rate ({lr:g}); or double --batch-size if memory allows; "
+                "grad norms should be 1-10")
+    if m == "u_val" or (m == "u_val regime" and failure and ("floor" in reason or "ceiling" in reason)):
+        lam = raise_lambda_reg(cfg.get("lambda_reg"))
+        return (train_command(history, run_dir, lambda_reg=lam),
+                f"u_val at the clamps: strengthen the log barrier (--lambda-reg {lam:g})")
+    if m in ("R", "R zones") or (m == "u_val regime" and failure) or (m == "Goldilocks" and failure):
+        seed = next_seed(cfg.get("seed"))
+        why = {"R": "R near 0: restart with another seed; if it persists, check the Kuramoto layer (architecture bug)",
+               "R zones": "R not exploring (single attractor): restart with another seed; if persistent, an architecture issue",
+               "u_val regime": "u_val locked: restart with another seed",
+               "Goldilocks": "R far below 0.30: restart with another seed; if persistent, revise the architecture"}[m]
+        return train_command(history, run_dir, seed=seed), why
+    if m == "u_val regime":
+        return (status_watch_command(run_dir, history),
+                "edge-surfing not observed: not necessarily a failure if quality is good; watch u_val stay stable")
+    if m == "Goldilocks":
+        target = (history.max_steps or stage_info(5).steps) + 5000
+        return (resume_command(history, run_dir, max_steps=target),
+                "R below 0.30: train longer (the reference run crossed 0.30 near step 6000)")
+    if m == "Samples":
+        step = history.last_step or 0
+        if step < 2000:
+            return (data_check_command(history),
+                    "samples often leap around steps 2000-3000: wait longer; meanwhile verify the tokenizer and corpus")
+        return data_check_command(history), "no improvement by step 2000: check the tokenizer and the corpus quality"
+    if m == "Agency":
+        return None, "agency weak: train longer or revise the architecture; rerun the evaluation suite after"
+    return None, None
+
+
+def attach_remedy(row: MatrixRow, history: RunHistory, run_dir: str | Path | None = None,
+                  criteria: Criteria = DEFAULT) -> MatrixRow:
+    row.remedy, row.remedy_note = remedy_for(row, history, run_dir, criteria)
+    return row

@@ -1,0 +1,186 @@
+"""Spawn, find, signal and reap the trainer process. No widgets, no Textual.
+
+The trainer runs as a detached child: its own session (so a lost SSH connection or a
+closed tmux pane does not signal it), stdin from /dev/null, stdout and stderr appended to
+RUN_DIR/trainer.out. Quitting the cockpit leaves it running; the next cockpit finds it
+through the run's lock. asyncio's subprocess transport is deliberately not used: closing
+the loop would kill the child.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from kssm_core.config import STAGES, stage as stage_of
+from kssm_core.lock import lock_state, read_lock
+
+TRAINER_OUT = "trainer.out"
+EXTRA_ARGS_ENV = "KSSM_TUI_TRAIN_ARGS"  # extra `kssm train` flags for every spawned trainer (tests, tiny runs)
+EXIT_KINDS = {0: "completed", 130: "interrupted", 2: "refused"}
+
+
+def stage_dir(runs_root: Path, number: int) -> Path:
+    return Path(runs_root) / stage_of(number).output_dir
+
+
+def extra_args() -> list[str]:
+    return shlex.split(os.environ.get(EXTRA_ARGS_ENV, ""))
+
+
+def stage_command(runs_root: Path, number: int) -> list[str]:
+    """`kssm train --stage N` for the runbook's stage N, starting from the previous stage's best model."""
+    cmd = [sys.executable, "-m", "kssm_core", "train", "--stage", str(number), "--runs-root", str(runs_root), "--quiet"]
+    if number > 1:
+        best = stage_dir(runs_root, number - 1) / "best_model.pt"
+        if best.is_file():
+            cmd += ["--init-from", str(best)]
+    return cmd + extra_args()
+
+
+def resume_command(run_dir: Path, max_steps: int | None) -> list[str]:
+    cmd = [sys.executable, "-m", "kssm_core", "train", "--output-dir", str(run_dir), "--resume", "--quiet"]
+    if max_steps:
+        cmd += ["--max-steps", str(max_steps)]
+    return cmd + extra_args()
+
+
+def eval_command(run_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "kssm_core", "eval", "all", "--model", str(Path(run_dir) / "best_model.pt")]
+
+
+def classify_exit(returncode: int) -> str:
+    """completed (0), interrupted (130), refused (2), killed (by a signal: negative), crashed (anything else)."""
+    if returncode < 0:
+        return "killed"
+    return EXIT_KINDS.get(returncode, "crashed")
+
+
+def describe_exit(returncode: int) -> str:
+    kind = classify_exit(returncode)
+    if kind == "killed":
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        hint = " (out of memory?)" if -returncode == signal.SIGKILL else ""
+        return f"trainer killed by {name}{hint}; press r to resume from the newest checkpoint"
+    return {
+        "completed": "trainer completed (exit 0)",
+        "interrupted": "trainer stopped: it saved a checkpoint and exited (130); press r to resume",
+        "refused": "trainer refused to start (exit 2): see trainer.out",
+    }.get(kind, f"trainer crashed (exit {returncode}); press r to resume")
+
+
+def tail_text(path: Path, max_lines: int = 8, max_bytes: int = 8192) -> str:
+    """The last lines of a file (the trainer's output after a crash); '' when missing."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - max_bytes))
+            data = fh.read()
+    except OSError:
+        return ""
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    return "\n".join(lines[-max_lines:])
+
+
+@dataclass
+class Spawned:
+    """A trainer this cockpit started: its Popen and where it writes."""
+
+    proc: subprocess.Popen
+    run_dir: Path
+    command: list[str]
+
+
+class TrainerController:
+    """Owns at most one child trainer; finds and signals trainers started elsewhere through their lock."""
+
+    def __init__(self, cwd: Path | None = None):
+        self.cwd = Path(cwd) if cwd else Path.cwd()
+        self.child: Spawned | None = None
+        self._others: list[subprocess.Popen] = []
+
+    # ---- spawning ---------------------------------------------------------------------------------
+    def spawn(self, command: list[str], run_dir: Path) -> Spawned:
+        """Start the trainer detached; it becomes the child this controller reaps."""
+        proc = self.launch(command, run_dir, TRAINER_OUT)
+        self.child = Spawned(proc, Path(run_dir), command)
+        return self.child
+
+    def launch(self, command: list[str], run_dir: Path, out_name: str) -> subprocess.Popen:
+        """Start any detached process (trainer, evaluation) with its output appended to RUN_DIR/out_name."""
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        out = open(run_dir / out_name, "ab")
+        try:
+            proc = subprocess.Popen(
+                command,
+                cwd=self.cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own session: SIGHUP from a lost terminal never reaches it
+                close_fds=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        finally:
+            out.close()  # the child holds its own descriptor
+        self._others.append(proc)
+        return proc
+
+    def reap_others(self) -> None:
+        """Collect exited evaluation processes so they do not linger as zombies."""
+        self._others = [p for p in self._others if p.poll() is None]
+
+    def child_alive(self) -> bool:
+        return self.child is not None and self.child.proc.poll() is None
+
+    def poll(self) -> tuple[Spawned, int] | None:
+        """Reap our child if it exited: (spawned, returncode), once. Never blocks."""
+        if self.child is None:
+            return None
+        rc = self.child.proc.poll()
+        if rc is None:
+            return None
+        done, self.child = self.child, None
+        return done, rc
+
+    # ---- control ----------------------------------------------------------------------------------
+    def trainer_pid(self, run_dir: Path) -> int | None:
+        """The PID of a live trainer in run_dir (from its lock, or our own child before it locked)."""
+        info = read_lock(run_dir)
+        state, _ = lock_state(info)
+        if state == "live" and info is not None:
+            return info.pid
+        if self.child_alive() and self.child.run_dir == Path(run_dir):
+            return self.child.proc.pid
+        return None
+
+    def stop(self, run_dir: Path) -> str:
+        """SIGTERM the trainer: it finishes the step, saves, and exits 130. Returns one line."""
+        pid = self.trainer_pid(run_dir)
+        if pid is None:
+            return f"no live trainer in {run_dir}: nothing to stop"
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return f"trainer PID {pid} already exited"
+        except PermissionError:
+            return f"not allowed to signal PID {pid} (another user's trainer?)"
+        return f"sent SIGTERM to trainer PID {pid}: it will save a checkpoint and exit"
+
+
+def live_stage(runs_root: Path) -> int | None:
+    """The stage whose folder holds a live trainer's lock, if any (used to attach on start)."""
+    for s in STAGES:
+        if lock_state(read_lock(Path(runs_root) / s.output_dir))[0] == "live":
+            return s.number
+    return None

@@ -1,0 +1,1 @@
+"""Typed modal dialogs (ModalScreen[bool]) for actions that change or delete something."""

@@ -1,0 +1,1 @@
+"""Screens of the cockpit: the dashboard and the help screen."""

@@ -1,0 +1,117 @@
+"""`kssm clean DIR`: only old checkpoint_*.pt go; never best_model.pt, the newest loadable,
+a symlink, or anything outside DIR; --dry-run deletes nothing; each file and the bytes are printed."""
+
+from __future__ import annotations
+
+import io
+import sys
+
+import torch
+
+from kssm_core.checkpoint import atomic_save, plan_clean
+from kssm_core.cli import main
+
+
+def make_run(folder, steps=(10, 20, 30, 40)):
+    folder.mkdir(parents=True, exist_ok=True)
+    for s in steps:
+        atomic_save({"step": s, "model_state": {"w": torch.zeros(1000 + s)}}, folder / f"checkpoint_{s}.pt")
+    atomic_save({"step": 20, "model_state": {"w": torch.zeros(8)}, "val_loss": 1.0}, folder / "best_model.pt")
+    return folder
+
+
+def names(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_dry_run_deletes_nothing_and_lists_each_file_with_bytes(tmp_path, capsys):
+    run = make_run(tmp_path / "run")
+    before = names(run)
+    sizes = {p.name: p.stat().st_size for p in run.iterdir()}
+    assert main(["clean", str(run), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert names(run) == before
+    assert "dry run: nothing deleted" in out
+    deleted = [line for line in out.splitlines() if line.startswith("delete")]
+    assert sorted(line.split()[1].rsplit("/", 1)[1] for line in deleted) == [
+        "checkpoint_10.pt", "checkpoint_20.pt", "checkpoint_30.pt",
+    ]
+    total = sizes["checkpoint_10.pt"] + sizes["checkpoint_20.pt"] + sizes["checkpoint_30.pt"]
+    assert f"{total / 1e6:.1f} MB" in out
+
+
+def test_clean_yes_removes_old_checkpoints_only(tmp_path, capsys):
+    run = make_run(tmp_path / "run")
+    assert main(["clean", str(run), "--yes"]) == 0
+    out = capsys.readouterr().out
+    assert names(run) == ["best_model.pt", "checkpoint_40.pt"]
+    assert "freed" in out
+
+
+def test_keep_n_keeps_the_newest_n(tmp_path, capsys):
+    run = make_run(tmp_path / "run")
+    assert main(["clean", str(run), "--keep", "2", "--yes"]) == 0
+    assert names(run) == ["best_model.pt", "checkpoint_30.pt", "checkpoint_40.pt"]
+
+
+def test_newest_loadable_survives_even_with_keep_zero_and_a_corrupt_newer_file(tmp_path, capsys):
+    run = make_run(tmp_path / "run")
+    (run / "checkpoint_50.pt").write_bytes(b"truncated garbage")
+    assert main(["clean", str(run), "--keep", "0", "--yes"]) == 0
+    left = names(run)
+    assert "checkpoint_40.pt" in left and "best_model.pt" in left
+    assert "checkpoint_10.pt" not in left
+
+
+def test_symlinks_and_outside_files_are_never_deleted(tmp_path, capsys):
+    run = make_run(tmp_path / "run")
+    outside = make_run(tmp_path / "elsewhere", steps=(1, 2))
+    (run / "checkpoint_5.pt").symlink_to(outside / "checkpoint_1.pt")  # old step, reached through a symlink
+    (run / "checkpoint_3.pt").symlink_to(outside / "checkpoint_2.pt")
+    assert main(["clean", str(run), "--yes"]) == 0
+    assert (run / "checkpoint_5.pt").is_symlink() and (run / "checkpoint_3.pt").is_symlink()
+    assert names(outside) == ["best_model.pt", "checkpoint_1.pt", "checkpoint_2.pt"]
+    assert "checkpoint_40.pt" in names(run)
+
+
+def test_plan_never_lists_best_model_or_non_checkpoint_files(tmp_path):
+    run = make_run(tmp_path / "run")
+    (run / "checkpoint_7.pt.bak").write_bytes(b"x")
+    (run / "events.jsonl").write_text("{}\n")
+    plan = plan_clean(run, keep=0)
+    deleted = {p.name for p, _ in plan.delete}
+    assert deleted == {"checkpoint_10.pt", "checkpoint_20.pt", "checkpoint_30.pt"}
+    assert plan.bytes_freed == sum((run / n).stat().st_size for n in deleted)
+
+
+def test_without_yes_on_a_pipe_it_refuses(tmp_path, capsys, monkeypatch):
+    run = make_run(tmp_path / "run")
+    monkeypatch.setattr(sys, "stdin", io.StringIO("y\n"))
+    before = names(run)
+    assert main(["clean", str(run)]) == 1
+    assert names(run) == before
+    assert "--yes" in capsys.readouterr().err
+
+
+def test_not_a_folder_is_one_line(tmp_path, capsys):
+    assert main(["clean", str(tmp_path / "missing")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not a folder" in err
+
+
+def test_nothing_to_delete(tmp_path, capsys):
+    run = make_run(tmp_path / "run", steps=(10,))
+    assert main(["clean", str(run), "--yes"]) == 0
+    assert "nothing to delete" in capsys.readouterr().out
+    assert names(run) == ["best_model.pt", "checkpoint_10.pt"]
+
+
+def test_clean_through_a_symlinked_run_folder_deletes_nothing(tmp_path, capsys):
+    # DIR itself a symlink: the files are the target's, so nothing must be deleted through the link.
+    real = make_run(tmp_path / "real")
+    link = tmp_path / "link"
+    link.symlink_to(real, target_is_directory=True)
+    rc = main(["clean", str(link), "--yes"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "symlink" in err
+    assert names(real) == ["best_model.pt", "checkpoint_10.pt", "checkpoint_20.pt", "checkpoint_30.pt", "checkpoint_40.pt"]

@@ -1,0 +1,409 @@
+"""Every key path of the cockpit, driven with Pilot on prepared run folders (no real training here)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import html
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from textual.widgets import Button
+
+from kssm_core.lock import process_start_time
+from kssm_tui import controller as ctl
+from kssm_tui.app import KEYS, KssmApp
+from kssm_tui.dialogs.clean import CleanDialog
+from kssm_tui.dialogs.confirm import ConfirmDialog
+from kssm_tui.screens.help import HelpScreen
+from runfolders import crashed, failed, healthy, stage_path, write_run
+
+SIZE = (100, 34)
+
+
+def sync(fn):
+    """Run an async Pilot test with asyncio.run (no async pytest plugin needed)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return asyncio.run(fn(*args, **kwargs))
+    return wrapper
+
+
+def make_app(root: Path, **kw) -> tuple[KssmApp, list]:
+    """The App with spawning recorded (a harmless child stands in for the trainer)."""
+    app = KssmApp(root, watch=False, tail_interval=0.1, **kw)
+    spawned: list = []
+
+    def fake_spawn(command, run_dir):
+        spawned.append((command, Path(run_dir)))
+        proc = subprocess.Popen([sys.executable, "-c", "pass"])
+        app.controller.child = ctl.Spawned(proc, Path(run_dir), command)
+        return app.controller.child
+
+    app.controller.spawn = fake_spawn
+    return app, spawned
+
+
+async def until(pilot, cond, timeout: float = 5.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return
+        await pilot.pause(0.05)
+    raise AssertionError("condition not met in time")
+
+
+async def ready(pilot) -> None:
+    await until(pilot, lambda: pilot.app.stages and pilot.app.view is not None)
+
+
+def live_lock(run_dir: Path, pid: int) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "training.lock").write_text(json.dumps(
+        {"pid": pid, "host": socket.gethostname(), "start_time": process_start_time(pid), "created": 0}))
+
+
+def notes(app) -> str:
+    return "\n".join(str(n.message) for n in app._notifications)
+
+
+@sync
+async def test_n_on_a_fresh_machine_starts_stage_1(runs):
+    app, spawned = make_app(runs)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await pilot.press("n")
+        await until(pilot, lambda: spawned)
+    cmd, run_dir = spawned[0]
+    assert cmd[0] == sys.executable and cmd[cmd.index("--stage") + 1] == "1" and "--init-from" not in cmd
+    assert run_dir == runs / "stage1"
+
+
+@sync
+async def test_n_after_a_pass_starts_the_next_stage_from_its_best_model(runs):
+    healthy(runs)
+    (stage_path(runs, 2) / "best_model.pt").write_bytes(b"weights")
+    app, spawned = make_app(runs)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        assert app.selected == 2 and app.stages[2].state == "passed"
+        await pilot.press("n")
+        await until(pilot, lambda: spawned)
+        assert not isinstance(app.screen, ConfirmDialog)  # a pass needs no confirmation
+    cmd, run_dir = spawned[0]
+    assert cmd[cmd.index("--stage") + 1] == "3" and run_dir == runs / "stage3"
+    assert cmd[cmd.index("--init-from") + 1] == str(stage_path(runs, 2) / "best_model.pt")
+
+
+@sync
+async def test_n_after_a_failure_asks_and_names_the_failed_row(runs):
+    failed(runs)
+    app, spawned = make_app(runs)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await pilot.press("n")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmDialog))
+        dialog = app.screen
+        assert any("Val PPL" in line and "2600" in line for line in dialog.lines)
+        assert app.focused is dialog.query_one("#cancel", Button)  # destructive: Cancel has the focus
+        await pilot.press("n")  # keys of the dashboard do nothing while the dialog is open
+        await pilot.press("enter")  # Enter presses the focused Cancel
+        await until(pilot, lambda: not isinstance(app.screen, ConfirmDialog))
+        assert spawned == []
+        await pilot.press("n")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmDialog))
+        await pilot.click("#confirm")
+        await until(pilot, lambda: spawned)
+    assert spawned[0][0][spawned[0][0].index("--stage") + 1] == "3"
+
+
+@sync
+async def test_r_after_a_crash_clears_the_stale_lock_and_resumes(runs):
+    crashed(runs)
+    app, spawned = make_app(runs)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        assert app.view.state == "crashed" and app.view.lock_state == "stale"
+        assert "RuntimeError: boom" in app.view.trainer_out_tail
+        await pilot.press("r")
+        await until(pilot, lambda: spawned)
+        assert not isinstance(app.screen, ConfirmDialog)  # provably stale: no second prompt
+    cmd, run_dir = spawned[0]
+    assert not (stage_path(runs, 1) / "training.lock").exists()
+    assert run_dir == stage_path(runs, 1)
+    assert "--resume" in cmd and cmd[cmd.index("--output-dir") + 1] == str(run_dir)
+    assert cmd[cmd.index("--max-steps") + 1] == "100"
+
+
+@sync
+async def test_r_and_n_refuse_while_a_trainer_is_live(runs):
+    d = write_run(stage_path(runs, 1), 1, 100, end=None)
+    live_lock(d, os.getpid())
+    app, spawned = make_app(runs)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        assert app.view.state == "running"
+        await pilot.press("r", "n")
+        await pilot.pause(0.2)
+        assert spawned == [] and "not resuming" in notes(app) and "already running" in notes(app)
+    assert (d / "training.lock").exists()
+
+
+@sync
+async def test_s_asks_then_sigterms_the_trainer(runs):
+    code = "import signal,sys,time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(130)); time.sleep(30)"
+    child = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        time.sleep(0.3)  # let it install its handler
+        d = write_run(stage_path(runs, 1), 1, 100, end=None)
+        live_lock(d, child.pid)
+        app, _ = make_app(runs)
+        async with app.run_test(size=SIZE) as pilot:
+            await ready(pilot)
+            await pilot.press("s")
+            await until(pilot, lambda: isinstance(app.screen, ConfirmDialog))
+            assert app.focused.id == "cancel"
+            await pilot.press("escape")
+            await pilot.pause(0.2)
+            assert child.poll() is None  # cancelled: still running
+            await pilot.press("s")
+            await until(pilot, lambda: isinstance(app.screen, ConfirmDialog))
+            await pilot.click("#confirm")
+            assert child.wait(timeout=10) == 130
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
+@sync
+async def test_u_refuses_a_live_lock_and_clears_a_stale_one(runs):
+    crashed(runs)
+    d2 = write_run(stage_path(runs, 2), 2, 500, end=None)
+    live_lock(d2, os.getpid())
+    app, _ = make_app(runs)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await pilot.press("2")
+        await until(pilot, lambda: app.view.run_dir == d2)
+        await pilot.press("u")
+        await pilot.pause(0.1)
+        assert (d2 / "training.lock").exists() and "refusing" in notes(app)
+        await pilot.press("1")
+        await until(pilot, lambda: app.view.run_dir == stage_path(runs, 1))
+        await pilot.press("u")
+        await until(pilot, lambda: not (stage_path(runs, 1) / "training.lock").exists())
+        assert "removed stale lock" in notes(app)
+
+
+@sync
+async def test_c_lists_exactly_what_it_frees_with_cancel_focused(runs):
+    d = write_run(stage_path(runs, 1), 1, 100)
+    for step in (10, 20, 30):
+        torch.save({"model_state": {}, "step": step, "pad": torch.zeros(step * 10)}, d / f"checkpoint_{step}.pt")
+    (d / "best_model.pt").write_bytes(b"best")
+    sizes = {n: (d / n).stat().st_size for n in ("checkpoint_10.pt", "checkpoint_20.pt")}
+    app, _ = make_app(runs)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await pilot.press("c")
+        await until(pilot, lambda: isinstance(app.screen, CleanDialog))
+        dialog = app.screen
+        deletes = [line for line in dialog.lines if line.startswith("delete")]
+        assert sorted(line.split()[1] for line in deletes) == sorted(sizes)
+        assert any(f"{sum(sizes.values()) / 1e6:.1f} MB" in line for line in dialog.lines if line.startswith("frees"))
+        assert any("checkpoint_30.pt" in line and line.startswith("keep") for line in dialog.lines)
+        assert app.focused.id == "cancel"
+        await pilot.press("enter")
+        await until(pilot, lambda: not isinstance(app.screen, CleanDialog))
+        assert all((d / n).exists() for n in sizes)
+        await pilot.press("c")
+        await until(pilot, lambda: isinstance(app.screen, CleanDialog))
+        await pilot.click("#confirm")
+        await until(pilot, lambda: not (d / "checkpoint_10.pt").exists())
+    assert not (d / "checkpoint_20.pt").exists()
+    assert (d / "checkpoint_30.pt").exists() and (d / "best_model.pt").exists()
+
+
+@sync
+async def test_l_m_toggle_and_1_to_5_select(runs):
+    healthy(runs)
+    app, _ = make_app(runs)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await pilot.press("l")
+        assert app.log_y and "log:on" in app.dash.query_one("#title").render().plain
+        await pilot.press("m")
+        assert app.smoothing
+        await pilot.press("l", "m")
+        assert not app.log_y and not app.smoothing
+        for n in (1, 3, 5, 2):
+            await pilot.press(str(n))
+            await until(pilot, lambda: app.view.run_dir == stage_path(runs, n))
+        assert app.view.state == "passed"
+
+
+@sync
+async def test_question_mark_lists_every_key(runs):
+    app, _ = make_app(runs)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await pilot.press("question_mark")
+        await until(pilot, lambda: isinstance(app.screen, HelpScreen))
+        assert [k for k, _, _ in app.screen.keys] == [k.key for k in KEYS]
+        await pilot.press("escape")
+        await until(pilot, lambda: not isinstance(app.screen, HelpScreen))
+
+
+@sync
+async def test_q_quits_and_says_the_trainer_keeps_running(runs):
+    d = write_run(stage_path(runs, 1), 1, 100, end=None)
+    live_lock(d, os.getpid())
+    app, _ = make_app(runs)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        assert "keeps running" in app.quit_message() and str(os.getpid()) in app.quit_message()
+        await pilot.press("q")
+        await pilot.pause(0.2)
+    assert not app.is_running
+    assert (d / "training.lock").exists()
+
+
+@sync
+async def test_readonly_blocks_every_mutation(runs):
+    crashed(runs)
+    app, spawned = make_app(runs, readonly=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await pilot.press("n", "r", "u", "c", "s")
+        await pilot.pause(0.3)
+        assert spawned == [] and app.screen is app.dash
+        assert "READ-ONLY" in app.dash.query_one("#title").render().plain
+        await pilot.press("l")  # viewing keys still work
+        assert app.log_y
+    assert (stage_path(runs, 1) / "training.lock").exists()
+
+
+@sync
+async def test_reaped_child_exit_is_reported(runs):
+    app = KssmApp(runs, watch=False, tail_interval=0.1)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        app.controller.spawn([sys.executable, "-c", "import sys; print('bad thing'); sys.exit(3)"], runs / "stage1")
+        await until(pilot, lambda: "crashed (exit 3)" in notes(app), timeout=8)
+        assert app.controller.child is None
+
+
+@sync
+async def test_hostile_strings_render_literally(runs):
+    hostile = ["[bold]x", "[/", "[TODO]", "[@click=app.quit]x[/]", "\x1b]52;c;ZXZpbA==\x07osc", "\x1b[2Jcsi"]
+    write_run(stage_path(runs, 1), 1, 100, samples=hostile)
+    app, _ = make_app(runs)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(pilot)
+        await pilot.pause(0.3)
+        svg = html.unescape(app.export_screenshot()).replace("\xa0", " ")
+        assert app.is_running
+    assert "[@click=app.quit]x[/]" in svg and "[TODO]" in svg and "[bold]x" in svg
+    assert "osc" in svg and "csi" in svg and "52;c" not in svg and "\x1b" not in svg
+
+
+@sync
+async def test_e_starts_the_evaluation_detached(runs):
+    d = write_run(stage_path(runs, 1), 1, 100)
+    app, _ = make_app(runs)
+    launched: list = []
+    app.controller.launch = lambda cmd, run_dir, out: launched.append((cmd, run_dir, out))
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await pilot.press("e")
+        await pilot.pause(0.1)
+        assert launched == [] and "no best_model.pt" in notes(app)
+        (d / "best_model.pt").write_bytes(b"w")
+        await pilot.press("e")
+        await until(pilot, lambda: launched)
+    cmd, run_dir, out = launched[0]
+    assert cmd[cmd.index("eval") + 1] == "all" and cmd[cmd.index("--model") + 1] == str(d / "best_model.pt")
+    assert run_dir == d and out == "eval.out"
+
+
+@sync
+async def test_attach_watches_a_legacy_run_folder(tmp_path):
+    legacy = tmp_path / "old_run"
+    legacy.mkdir()
+    rows = "".join(f"{s:6d} | {8 - s / 100:7.3f} | {8 - s / 100:7.3f} |  0.0500 | 0.1000 |   1.000 |    2.000\n"
+                   for s in range(20, 220, 20))
+    (legacy / "training.log").write_text("K-SSM v3 training, max_steps 200\n" + rows)
+    app = KssmApp(tmp_path / "results", attach=legacy, watch=False, tail_interval=0.1)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.view is not None and app.view.last_step == 200)
+        assert app.view.run_dir == legacy
+        assert app.view.charts["loss"].series[0][1][-1] == 200
+
+
+@sync
+async def test_a_new_failure_raises_the_banner_and_rings_once(runs, monkeypatch):
+    import kssm_tui.tail as tail
+
+    monkeypatch.setattr(tail, "HEAVY_EVERY_S", 0.0)  # judge every update (the App throttles live runs to 3 s)
+    d = write_run(stage_path(runs, 2), 2, 500, loss0=7.0, loss1=5.5, ppl=400.0, r=0.2, u=1.5, every=10, end=None)
+    live_lock(d, os.getpid())
+    app, _ = make_app(runs)
+    rings: list = []
+    app.bell = lambda: rings.append(1)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        banner = app.dash.query_one("#alert")
+        assert rings == [] and not any(r.verdict.value == "failure" for r in app.view.matrix_rows)
+        with open(d / "events.jsonl", "a") as fh:
+            fh.write(json.dumps({"event": "eval", "t": 2e9, "step": 505, "val_loss": 9.0, "val_ce": 9.0,
+                                 "val_ppl": 8103.0, "val_R": 0.2, "val_u": 1.5}) + "\n")
+        await until(pilot, lambda: rings)
+        await until(pilot, lambda: "Val PPL" in str(getattr(banner, "text", "")))
+        with open(d / "events.jsonl", "a") as fh:
+            fh.write(json.dumps({"event": "warning", "t": 2e9, "code": "disk_low", "message": "x"}) + "\n")
+        await until(pilot, lambda: any(k == "warning" for k, _ in app.view.new_entries))
+        await pilot.pause(0.2)
+        assert rings == [1]  # the same failure does not ring again
+
+
+@sync
+async def test_command_palette_offers_the_actions_and_respects_readonly(runs):
+    for readonly, expect in ((False, {"Next stage", "Resume", "Stop", "Clean", "Log"}), (True, {"Log", "Smooth"})):
+        app, _ = make_app(runs, readonly=readonly)
+        async with app.run_test(size=SIZE) as pilot:
+            await ready(pilot)
+            titles = {c.title for c in app.get_system_commands(app.screen)}
+        assert expect <= titles
+        if readonly:
+            assert not titles & {"Next stage", "Resume", "Stop", "Unlock", "Clean"}
+
+
+def test_main_refuses_a_missing_attach_folder(tmp_path, capsys):
+    from kssm_tui.app import main
+
+    assert main(["--attach", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert "not a folder" in err and err.count("\n") == 1
+
+
+@sync
+async def test_r_on_a_finished_run_and_n_after_stage_5_do_nothing(runs):
+    healthy(runs)
+    write_run(stage_path(runs, 5), 5, 10000, every=500)
+    app, spawned = make_app(runs)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        assert app.selected == 5
+        await pilot.press("n")
+        await pilot.press("2")
+        await until(pilot, lambda: app.view.run_dir == stage_path(runs, 2))
+        await pilot.press("r")
+        await pilot.pause(0.2)
+        assert spawned == [] and "last stage" in notes(app) and "nothing to resume" in notes(app)
