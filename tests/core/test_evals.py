@@ -23,7 +23,7 @@ from kssm_core.evals.metrics import score, spearman, zone
 from kssm_core.interventions import generate_with_telemetry, intervene, parameter_noise
 from kssm_core.model import KSSM
 
-from conftest import run_kssm, tiny_config
+from kssm_testkit import run_kssm, tiny_config
 
 SMALL = ("--windows", "4", "--samples", "2", "--gen-tokens", "8")  # keep each suite well under a second
 
