@@ -131,10 +131,18 @@ def row_val_ppl(history: RunHistory, stage: int, c: Criteria) -> MatrixRow:
     return MatrixRow(stage, "Val PPL", F, f"{where} > {failure:g}")
 
 
-def row_u_clamps(history: RunHistory, stage: int, c: Criteria) -> MatrixRow:
-    vals = _finite(history.steps.cols["u_val"])
+
+def _readings(history: RunHistory, col: str, stage: int, metric: str, c: Criteria) -> tuple[list[float], MatrixRow | None]:
+    """The finite readings of a step column, or a Pending row when there are too few to judge."""
+    vals = _finite(history.steps.cols[col])
     if len(vals) < c.min_points:
-        return MatrixRow(stage, "u_val", P, f"{len(vals)} u_val readings so far, need {c.min_points}")
+        return vals, MatrixRow(stage, metric, P, f"{len(vals)} {col} readings so far, need {c.min_points}")
+    return vals, None
+
+def row_u_clamps(history: RunHistory, stage: int, c: Criteria) -> MatrixRow:
+    vals, pending = _readings(history, "u_val", stage, "u_val", c)
+    if pending:
+        return pending
     rec = _recent(vals, c)
     at = sum(1 for u in rec if u <= c.u_at_floor or u >= c.u_at_ceiling)
     near = sum(1 for u in rec if u <= c.u_near_floor or u >= c.u_near_ceiling)  # includes `at`
@@ -147,9 +155,9 @@ def row_u_clamps(history: RunHistory, stage: int, c: Criteria) -> MatrixRow:
 
 
 def row_r_level(history: RunHistory, stage: int, c: Criteria) -> MatrixRow:
-    vals = _finite(history.steps.cols["R"])
-    if len(vals) < c.min_points:
-        return MatrixRow(stage, "R", P, f"{len(vals)} R readings so far, need {c.min_points}")
+    vals, pending = _readings(history, "R", stage, "R", c)
+    if pending:
+        return pending
     rec = _recent(vals, c)
     m = _mean(rec)
     where = f"recent mean R {m:.4f} (last {len(rec)} readings)"
@@ -193,9 +201,9 @@ def row_samples(history: RunHistory, stage: int, c: Criteria) -> MatrixRow:
 
 
 def row_u_regime(history: RunHistory, stage: int, c: Criteria) -> MatrixRow:
-    vals = _finite(history.steps.cols["u_val"])
-    if len(vals) < c.min_points:
-        return MatrixRow(stage, "u_val regime", P, f"{len(vals)} u_val readings so far, need {c.min_points}")
+    vals, pending = _readings(history, "u_val", stage, "u_val regime", c)
+    if pending:
+        return pending
     rec = _recent(vals, c)
     lo, hi = min(rec), max(rec)
     span = f"recent u_val {lo:.3f}-{hi:.3f} (last {len(rec)} readings)"
