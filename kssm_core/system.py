@@ -35,13 +35,18 @@ class SystemFacts:
         return asdict(self)
 
 
-def disk_usage(path: str | Path) -> tuple[int, int] | None:
-    """(free, total) bytes of the file system holding `path` (or its nearest existing parent)."""
+def nearest_existing(path: str | Path) -> Path:
+    """`path` or its nearest existing ancestor (a run folder may not exist before its stage starts)."""
     p = Path(path).absolute()
     while not p.exists() and p != p.parent:
         p = p.parent
+    return p
+
+
+def disk_usage(path: str | Path) -> tuple[int, int] | None:
+    """(free, total) bytes of the file system holding `path` (or its nearest existing parent)."""
     try:
-        u = shutil.disk_usage(p)
+        u = shutil.disk_usage(nearest_existing(path))
     except OSError:
         return None
     return u.free, u.total
@@ -80,3 +85,30 @@ def gather(path: str | Path, pid: int | None = None) -> SystemFacts:
         mem[0] if mem else None, mem[1] if mem else None,
         process(pid),
     )
+
+
+def cpu_percent() -> float:
+    """System-wide CPU use since the previous call (the first call primes the counter and says 0.0)."""
+    return float(psutil.cpu_percent(None))
+
+
+class ProcessMeter:
+    """A process's RSS and CPU use between calls; keeps the psutil handle so cpu_percent has a baseline."""
+
+    def __init__(self) -> None:
+        self._proc: psutil.Process | None = None
+
+    def read(self, pid: int | None) -> tuple[int | None, float | None]:
+        """(rss bytes, CPU percent since the last read) of `pid`; (None, None) when gone or unknown."""
+        if pid is None:
+            self._proc = None
+            return None, None
+        try:
+            if self._proc is None or self._proc.pid != pid:
+                self._proc = psutil.Process(pid)
+                self._proc.cpu_percent(None)
+            with self._proc.oneshot():
+                return int(self._proc.memory_info().rss), float(self._proc.cpu_percent(None))
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            self._proc = None
+            return None, None

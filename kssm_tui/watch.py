@@ -1,4 +1,4 @@
-"""Disk and memory watch: psutil facts sampled at most every 2 s in a thread worker.
+"""Disk and memory watch: kssm_core.system facts sampled at most every 2 s in a thread worker.
 
 Free space on the run's filesystem, trainer RSS and CPU, system memory and CPU. The App
 says which folder and PID to watch through `WatchTarget` (replaced whole, so a read in the
@@ -7,13 +7,12 @@ worker sees one consistent pair); the worker posts FactsSampled only when a valu
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import psutil
+from kssm_core import system
 
 from .messages import FactsSampled
 
@@ -26,44 +25,25 @@ class WatchTarget:
     pid: int | None
 
 
-def _existing(folder: Path) -> Path:
-    """The nearest existing ancestor (the run folder may not exist before Stage 1 starts)."""
-    p = Path(folder).absolute()
-    while not p.exists() and p.parent != p:
-        p = p.parent
-    return p
-
-
 class Sampler:
-    """One psutil sample per call; keeps the Process object so cpu_percent has a baseline."""
+    """One sample of the facts the resource panel shows, read through kssm_core.system."""
 
     def __init__(self) -> None:
-        self._proc: psutil.Process | None = None
-        psutil.cpu_percent(None)  # first call primes the system-wide counter
+        self._trainer = system.ProcessMeter()
+        system.cpu_percent()  # primes the system-wide counter
 
     def sample(self, target: WatchTarget) -> dict:
-        facts: dict = {"disk_free_bytes": None, "trainer_rss_bytes": None, "trainer_cpu_percent": None}
-        try:
-            facts["disk_free_bytes"] = shutil.disk_usage(_existing(target.folder)).free
-        except OSError:
-            pass
-        vm = psutil.virtual_memory()
-        facts["mem_available_bytes"] = vm.available
-        facts["mem_total_bytes"] = vm.total
-        facts["cpu_percent"] = psutil.cpu_percent(None)
-        if target.pid is not None:
-            try:
-                if self._proc is None or self._proc.pid != target.pid:
-                    self._proc = psutil.Process(target.pid)
-                    self._proc.cpu_percent(None)
-                with self._proc.oneshot():
-                    facts["trainer_rss_bytes"] = self._proc.memory_info().rss
-                    facts["trainer_cpu_percent"] = self._proc.cpu_percent(None)
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                self._proc = None
-        else:
-            self._proc = None
-        return facts
+        disk = system.disk_usage(target.folder)
+        mem = system.memory()
+        rss, cpu = self._trainer.read(target.pid)
+        return {
+            "disk_free_bytes": disk[0] if disk else None,
+            "mem_available_bytes": mem[0] if mem else None,
+            "mem_total_bytes": mem[1] if mem else None,
+            "cpu_percent": system.cpu_percent(),
+            "trainer_rss_bytes": rss,
+            "trainer_cpu_percent": cpu,
+        }
 
 
 def watch_loop(post: Callable, target: Callable[[], WatchTarget], cancelled: Callable[[], bool],
