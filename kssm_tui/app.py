@@ -58,6 +58,7 @@ KEYS: tuple[Key, ...] = (
     Key("m", "toggle_smooth", "Smooth", "smoothing toggle for the charts"),
     Key("g", "next_chart", "Chart", "show the next chart (loss, val PPL, R, u_val, grad norm)", show=False),
     Key("1-5", "select", "Stage", "show stage 1..5", show=False),
+    Key("0", "show_attached", "Attached", "show the --attach folder again (after 1-5)", show=False),
     Key("?", "help", "Help", "this screen"),
     Key("q", "quit", "Quit", "quit; a running trainer keeps running"),
 )
@@ -457,6 +458,14 @@ class KssmApp(App):
 
     def action_select(self, number: int) -> None:
         self.monitor.selected = int(number)
+        self.monitor.force.set()
+        self.dash.show_stages(self.stages, self._current_stage(), self.selected)
+
+    def action_show_attached(self) -> None:
+        if self.attach is None:
+            self.notify("no --attach folder: keys 1-5 pick a stage", timeout=4)
+            return
+        self.monitor.selected = None  # the Monitor shows the attached folder when no stage is selected
         self.monitor.force.set()
         self.dash.show_stages(self.stages, self._current_stage(), self.selected)
 

@@ -345,6 +345,22 @@ async def test_attach_watches_a_legacy_run_folder(tmp_path):
         await until(pilot, lambda: app.view is not None and app.view.last_step == 200)
         assert app.view.run_dir == legacy
         assert app.view.charts["loss"].series[0][1][-1] == 200
+        await pilot.press("2")  # look at a stage folder...
+        await until(pilot, lambda: app.view.run_dir == tmp_path / "results" / "stage2")
+        await pilot.press("0")  # ...and back to the attached one
+        await until(pilot, lambda: app.view.run_dir == legacy and app.view.last_step == 200)
+
+
+@sync
+async def test_0_without_attach_says_what_to_press_instead(runs):
+    app, _ = make_app(runs)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        before = app.selected
+        await pilot.press("0")
+        await pilot.pause(0.1)
+        assert app.selected == before
+        assert any("no --attach folder" in str(n.message) for n in app._notifications)
 
 
 @sync
