@@ -25,6 +25,7 @@ from textual.worker import get_current_worker
 from kssm_core.config import STAGES, stage as stage_of
 from kssm_core.lock import LockHeld, lock_state, read_lock, unlock
 
+from . import ascii_chrome
 from . import controller as ctl
 from .dialogs.clean import CleanDialog
 from .dialogs.confirm import ConfirmDialog
@@ -85,6 +86,7 @@ class KssmApp(App):
 
     def __init__(self, runs_root: str | Path = "results", attach: str | Path | None = None, readonly: bool = False,
                  watch: bool = True, tail_interval: float = TAIL_INTERVAL_S, cwd: Path | None = None) -> None:
+        ascii_chrome.apply()
         super().__init__()
         self.runs_root = Path(runs_root)
         self.attach = Path(attach) if attach else None
@@ -100,6 +102,9 @@ class KssmApp(App):
         self.facts: dict = {}
         self._watch_target = WatchTarget(self.runs_root, None)
         self._failures_seen: dict[Path, set] = {}
+
+    def get_css_variables(self) -> dict[str, str]:
+        return {**super().get_css_variables(), **ascii_chrome.css_variables()}
 
     # ---- lifecycle --------------------------------------------------------------------------------
     def get_default_screen(self) -> Dashboard:

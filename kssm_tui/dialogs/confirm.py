@@ -9,7 +9,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Static
 
-from ..safe_text import clean
+from ..safe_text import ascii_mode, clean
 
 
 class ConfirmDialog(ModalScreen[bool]):
@@ -30,8 +30,10 @@ class ConfirmDialog(ModalScreen[bool]):
             with VerticalScroll(id="dialog-body"):
                 yield Static(Text("\n".join(clean(line) for line in self.lines)), id="dialog-text")
             with Horizontal(id="dialog-buttons"):
-                yield Button("Cancel", id="cancel")
-                yield Button(self.confirm_label, id="confirm", variant="error" if self.destructive else "primary")
+                compact = ascii_mode()  # a full button's edges are half-block glyphs; compact has none
+                yield Button("Cancel", id="cancel", compact=compact)
+                yield Button(self.confirm_label, id="confirm", variant="error" if self.destructive else "primary",
+                             compact=compact)
 
     def on_mount(self) -> None:
         self.query_one("#cancel" if self.destructive else "#confirm", Button).focus()
