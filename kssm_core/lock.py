@@ -6,10 +6,15 @@ A lock is *stale* only when provably so: its host is this host and its PID is go
 PID now belongs to a process with another start time (the PID was reused). A lock from
 another host is never called stale. The reference trainer's lock held only a PID; those read
 as this host with no start time.
+
+Taking over a stale lock (and `unlock`) happens under an flock on the run folder itself, and only
+if the lock is still the very stale one judged: two trainers started at once on a crashed run
+cannot both take it over, and an unlock cannot remove a lock a new trainer just took.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -89,6 +94,22 @@ def lock_state(info: LockInfo | None) -> tuple[str, str]:
     return "live", f"held by live PID {info.pid}"
 
 
+@contextlib.contextmanager
+def _takeover_guard(run_dir: Path):
+    """Serialise stale-lock takeovers in one folder (flock on the directory; released if we die)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no guard (the takeover is then best effort)
+        yield
+        return
+    fd = os.open(run_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing drops the flock
+
+
 class RunLock:
     """Acquire with `acquire()`; returns the stale lock it took over, if any, so the caller can warn."""
 
@@ -123,7 +144,11 @@ class RunLock:
                             f"(stop it first, or use another --output-dir)"
                         )
                     if state == "stale":
-                        os.replace(tmp, self.path)  # take it over in one step
+                        with _takeover_guard(self.path.parent):
+                            again = read_lock(self.path.parent)
+                            if again is None or info is None or again.raw != info.raw:
+                                continue  # someone else took it (or removed it) meanwhile: look again
+                            os.replace(tmp, self.path)  # take it over in one step
                         self.held = True
                         return info
             raise LockHeld(f"{self.path}: could not acquire the lock (it keeps changing)")
@@ -150,5 +175,11 @@ def unlock(run_dir: str | Path) -> str:
     lock_path = Path(run_dir) / LOCK_NAME
     if lock_path.is_symlink():
         raise LockHeld(f"refusing to remove {lock_path}: it is a symlink")
-    lock_path.unlink()
+    with _takeover_guard(Path(run_dir)):
+        again = read_lock(run_dir)
+        if again is None:
+            return f"no lock in {run_dir}: it was removed meanwhile"
+        if again.raw != info.raw:
+            raise LockHeld(f"refusing to remove {lock_path}: it changed meanwhile (a trainer may have taken it)")
+        lock_path.unlink()
     return f"removed stale lock {lock_path} ({reason})"

@@ -131,3 +131,63 @@ def test_unlock_refuses_a_symlinked_lock(tmp_path):
     with pytest.raises(LockHeld, match="symlink"):
         unlock(tmp_path)
     assert target.exists()
+
+
+def _race_for_the_lock(folder: str, go_at: float, out: str) -> None:
+    """One contender (a forked process): wait for the common start, try to take the stale lock, report."""
+    import kssm_core.lock as lk
+
+    judged = lk.lock_state
+
+    def slow_lock_state(info):  # widen the window between judging the lock and taking it over
+        verdict = judged(info)
+        time.sleep(0.3)
+        return verdict
+
+    lk.lock_state = slow_lock_state
+    while time.time() < go_at:
+        time.sleep(0.001)
+    try:
+        lock = lk.RunLock(folder)
+        lock.acquire()
+        result = "won"
+        time.sleep(1.0)  # hold it while the others finish their attempts
+    except lk.LockHeld:
+        result = "refused"
+    with open(out, "w") as fh:
+        fh.write(f"{result} {os.getpid()}")
+
+
+def test_only_one_of_many_simultaneous_trainers_takes_over_a_stale_lock(tmp_path):
+    import multiprocessing
+
+    write_lock(tmp_path, dead_pid(), 1.0)
+    ctx = multiprocessing.get_context("fork")
+    go_at = time.time() + 0.5
+    outs = [tmp_path / f"result{i}" for i in range(5)]
+    procs = [ctx.Process(target=_race_for_the_lock, args=(str(tmp_path), go_at, str(o))) for o in outs]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+    results = [o.read_text().split() for o in outs]
+    winners = [pid for r, pid in results if r == "won"]
+    assert len(winners) == 1, results
+    assert sorted(r for r, _ in results) == ["refused"] * 4 + ["won"]
+
+
+def test_unlock_does_not_remove_a_lock_taken_after_it_was_judged(tmp_path, sleeper, monkeypatch):
+    import kssm_core.lock as lk
+
+    write_lock(tmp_path, dead_pid(), 1.0)
+    judged = lk.lock_state
+
+    def judge_then_a_trainer_takes_over(info):
+        verdict = judged(info)
+        write_lock(tmp_path, sleeper.pid, process_start_time(sleeper.pid))  # a new trainer, in between
+        return verdict
+
+    monkeypatch.setattr(lk, "lock_state", judge_then_a_trainer_takes_over)
+    with pytest.raises(LockHeld, match="changed meanwhile"):
+        unlock(tmp_path)
+    assert read_lock(tmp_path).pid == sleeper.pid  # the new trainer's lock survives
