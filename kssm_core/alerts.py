@@ -70,6 +70,21 @@ def _last(history: RunHistory, name: str) -> tuple[int, float] | None:
     return None
 
 
+def _reg_negative(history: RunHistory, step: int, reg: float) -> Alert:
+    """The spec's band calls reg < 0 a numerical error, but the formula itself goes below 0 when mean u > 1
+    (-log(mean u) < 0) and the determinant term is small: then it is a warning with that explanation."""
+    steps = history.steps.steps
+    at = len(steps) - 1
+    while at > 0 and steps[at] != step:  # the reg reading is the newest finite one: at or near the end
+        at -= 1
+    u_val = history.steps.cols["u_val"][at]
+    if math.isfinite(u_val) and u_val > 1.0:
+        return Alert("reg_negative", Severity.WARNING,
+                     f"reg loss {reg:.4f} at step {step} < 0, explained by mean u {u_val:.3g} > 1 "
+                     f"(the log barrier -log(u) is negative): watch u_val, not a numerical error")
+    return Alert("reg_negative", Severity.CRITICAL, f"reg loss {reg:.4f} at step {step} < 0: numerical error")
+
+
 def metric_alerts(history: RunHistory, c: Criteria = DEFAULT, run_dir: str | Path | None = None) -> list[Alert]:
     out: list[Alert] = []
     g = _last(history, "grad_norm")
@@ -87,7 +102,7 @@ def metric_alerts(history: RunHistory, c: Criteria = DEFAULT, run_dir: str | Pat
     if r is not None:
         step, v = r
         if v < 0:
-            out.append(Alert("reg_negative", Severity.CRITICAL, f"reg loss {v:.4f} at step {step} < 0: numerical error"))
+            out.append(_reg_negative(history, step, v))
         elif v > c.reg_high:
             lam = playbook.raise_lambda_reg(history.config.get("lambda_reg"))
             out.append(Alert("reg_high", Severity.WARNING,

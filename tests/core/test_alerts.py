@@ -111,3 +111,11 @@ def test_checkpoint_size_is_estimated_before_the_first_save():
     need = checkpoint_need(h)
     # after step 50: 100 (a stage target: always saved), 250, 500, 750, 1000
     assert need.estimated and need.bytes_each == 13_000_000 and need.remaining_saves == 5
+
+
+@pytest.mark.parametrize("u,sev", [(0.8, Severity.CRITICAL), (4.0, Severity.WARNING)])
+def test_negative_reg_is_critical_unless_mean_u_above_1_explains_it(u, sev):
+    # reg = l1 / (mean|delta| + eps) + l2 * -log(mean u): with mean u = 4 the log term alone is -0.69.
+    a = codes(compute_alerts(history(reg=[0.3] * (N - 1) + [-0.2], u=[u] * N, end="completed"), now=1e9))
+    assert a["reg_negative"].severity is sev
+    assert ("explained by mean u" in a["reg_negative"].message) is (sev is Severity.WARNING)
