@@ -13,17 +13,18 @@ import os
 import re
 import shutil
 import stat
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .atomic import atomic_write, write_all
+
 CHECKPOINT_FORMAT = "kssm-checkpoint/1"
 CHECKPOINT_RE = re.compile(r"^checkpoint_(\d+)\.pt$")
 BEST_NAME = "best_model.pt"
-# Temp files of atomic_save (see tempfile.mkstemp below): a SIGKILL mid-save leaves one behind.
+# Temp files of atomic_save (kssm_core.atomic names them): a SIGKILL mid-save leaves one behind.
 TEMP_RE = re.compile(r"^\.(checkpoint_\d+\.pt|best_model\.pt)\..+\.tmp$")
 
 
@@ -37,9 +38,7 @@ class DiskFull(CheckpointError):
 
 def _write_all(fd: int, data: memoryview) -> None:
     """Write every byte (a seam for tests that simulate ENOSPC)."""
-    while data:
-        n = os.write(fd, data)
-        data = data[n:]
+    write_all(fd, data)
 
 
 def fsync_dir(folder: Path) -> None:
@@ -61,21 +60,11 @@ def atomic_save(obj: dict[str, Any], path: str | Path) -> int:
     buf = io.BytesIO()
     torch.save(obj, buf)
     data = buf.getbuffer()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        try:
-            _write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        atomic_write(path, lambda fd: _write_all(fd, data))
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise DiskFull(f"disk full while writing {path.name}: kept the previous checkpoints untouched") from exc
-        raise
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
     return len(data)
