@@ -75,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..evals import SUITES, EvalContext, EvalError, load_model, run_all, run_suite
+    from ..evals.runner import refresh_summary
     from ..evals.progress import start_event
     from ..evals.result import PASS, clean_json
     from ..trainer import pick_device
@@ -124,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"results in {eval_dir}/")
             return 0 if summary["verdict"] == PASS else 1
         result = run_suite(args.suite, ctx)
+    refresh_summary(ctx)
     d = clean_json(result.to_dict())
     if args.json:
         print(json.dumps(d))

@@ -165,6 +165,15 @@ def test_each_suite_writes_its_json(model_path, tmp_path, capsys, suite):
     assert steps and steps[-1]["done"] == steps[-1]["total"]
 
 
+def test_a_single_suite_leaves_an_incomplete_summary_naming_the_rest(model_path, tmp_path, capsys):
+    main(["eval", "samples", "--model", str(model_path), "--out", str(tmp_path), "--device", "cpu",
+          "--gen-tokens", "4", "--prompts", "Hi"])
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert summary["verdict"] == "incomplete" and list(summary["suites"]) == ["samples"]
+    assert summary["missing"] == [name for name in SUITES if name != "samples"]
+    assert "kssm eval all" in summary["message"]
+
+
 def test_samples_use_given_prompts_and_report_zones(model_path, tmp_path, capsys):
     main(["eval", "samples", "--model", str(model_path), "--out", str(tmp_path), "--json", "--device", "cpu",
           "--gen-tokens", "6", "--prompts", "Hello there", "Once upon"])
@@ -193,6 +202,11 @@ def test_all_writes_summary_and_same_seed_same_numbers(model_path, tmp_path, cap
     assert main(["eval", "agency", "--model", str(model_path), "--out", str(tmp_path / "c"), "--device", "cpu",
                  "--seed", "6", *SMALL]) in (0, 1)
     other = {"agency": json.loads((tmp_path / "c" / "eval" / "agency.json").read_text())}
+    # one suite re-run after `all` (same model, step, seed): the summary is rebuilt and still complete
+    main(["eval", "agency", "--model", str(model_path), "--out", str(tmp_path / "a"), "--device", "cpu",
+          "--seed", "5", *SMALL])
+    again = json.loads((tmp_path / "a" / "eval" / "summary.json").read_text())
+    assert again["missing"] == [] and again["suites"] == summary["suites"] and again["verdict"] == summary["verdict"]
     for name in SUITES:
         for d in (first, second):
             d[name].pop("elapsed_s")
