@@ -88,6 +88,29 @@ def remove_stale_temps(run_dir: str | Path) -> list[Path]:
     return removed
 
 
+# How torch's weights_only unpickler says it met a global (a class or function): the wording varies by version.
+_REFUSED_OBJECT = re.compile(r"Unsupported global|unsupported GLOBAL|Unsupported class")
+_BOILERPLATE = ("Weights only load failed", "Re-running", "Please file", "Check the documentation", "In PyTorch")
+
+
+def _is_raw_pickle(path: Path) -> bool:
+    """A bare pickle (protocol 2+ opens with 0x80), not torch's zip format: it can hold any Python object."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(1) == b"\x80"
+    except OSError:
+        return False
+
+
+def _why(text: str, exc: Exception) -> str:
+    """The informative line of a torch.load error, without its weights_only boilerplate."""
+    for line in text.splitlines():
+        line = line.strip().removeprefix("WeightsUnpickler error:").strip()
+        if line and not line.startswith(_BOILERPLATE):
+            return line[:160]
+    return type(exc).__name__
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load with weights_only=True. Any failure becomes one CheckpointError line."""
     path = Path(path)
@@ -96,12 +119,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except FileNotFoundError as exc:
         raise CheckpointError(f"{path}: no such file") from exc
     except Exception as exc:  # torch raises many kinds for a damaged or hostile file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+        text = str(exc)
+        if _REFUSED_OBJECT.search(text) or _is_raw_pickle(path):  # objects the safe unpickler will not build
             raise CheckpointError(
                 f"{path}: refused: it contains pickled Python objects, not plain tensors (not loaded, nothing ran)"
             ) from exc
-        raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({first[:160]})") from exc
+        raise CheckpointError(f"{path}: unreadable: damaged, truncated or not a checkpoint ({_why(text, exc)})") from exc
     if not isinstance(obj, dict) or "model_state" not in obj:
         raise CheckpointError(f"{path}: not a K-SSM checkpoint (no model_state)")
     return obj

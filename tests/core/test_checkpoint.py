@@ -167,3 +167,11 @@ def test_remove_stale_temps_only_touches_save_temp_files(tmp_path):
     assert outside.exists() and (tmp_path / ".checkpoint_7.pt.link.tmp").is_symlink()
     for name in keep:
         assert (tmp_path / name).exists()
+
+
+def test_a_file_that_is_not_a_checkpoint_reads_as_damaged_not_as_hostile(tmp_path):
+    path = tmp_path / "checkpoint_3.pt"
+    path.write_text("garbage, e.g. an HTML error page saved under the checkpoint's name\n")
+    with pytest.raises(CheckpointError, match="unreadable: damaged, truncated or not a checkpoint") as err:
+        load_checkpoint(path)
+    assert "refused" not in str(err.value) and "Weights only" not in str(err.value)
