@@ -306,8 +306,9 @@ def _read_note(read: dict) -> str | None:
 
 
 def _run_state(history: RunHistory, source: str, lock: str, alive: bool) -> str:
-    if history.run_start is None:
-        return "not_started"
+    if history.run_start is None:  # a run_end alone: the trainer refused to start (no corpus, bad flags)
+        failed = history.run_end is not None and history.run_end.get("status") == "failed"
+        return "failed" if failed else "not_started"
     if history.run_end is not None:
         s = history.run_end.get("status")
         return s if s in ("completed", "interrupted", "failed") else "unknown"
@@ -505,7 +506,8 @@ def recommend(s: RunStatus, history: RunHistory) -> Recommendation:
         else:
             cmd = None
         advice = cmd or str(end.get("advice") or "see trainer.out for the traceback")
-        return Recommendation("failed", f"FAILED at step {step} ({reason}): {advice}", cmd)
+        where = "TO START" if history.run_start is None else f"at step {step}"
+        return Recommendation("failed", f"FAILED {where} ({reason}): {advice}", cmd)
     # completed (or a legacy log judged complete)
     a = s.assessment
     if a.verdict is Verdict.FAILURE or a.verdict is Verdict.WARNING:

@@ -329,6 +329,9 @@ class KssmApp(App):
             self._start_stage(1)
             return
         info = self.stages[cur]
+        if info.step is None and info.state in ("failed", "not started"):  # it never trained: try it again
+            self._start_stage(cur)
+            return
         if info.state in ("crashed", "interrupted", "stale lock"):
             self.notify(f"Stage {cur} is {info.state}: press r to resume it first", severity="warning")
             return

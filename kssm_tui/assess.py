@@ -131,6 +131,10 @@ def run_state(history: RunHistory, has_events: bool, lock: str, verdict: Verdict
     if lock in ("live", "foreign"):
         return "running", "a trainer holds the lock" + (" (on another host)" if lock == "foreign" else "")
     if history.run_start is None:
+        end = history.run_end
+        if end is not None and end.get("status") == "failed":  # refused to start: say why and what to do
+            advice = str(end.get("advice") or "")
+            return "failed", f"the trainer could not start: {end.get('reason')}" + (f"; {advice}" if advice else "")
         if lock == "stale":
             return "stale lock", "a stale lock and no run: press u to clear it"
         return "not started", "no run yet" if not has_events else "no run_start in events.jsonl"

@@ -141,6 +141,15 @@ def test_interrupted_and_failed(tmp_path):
     assert s.recommendation.code == "failed" and "--learning-rate 0.0001" in s.recommendation.text and s.exit_code == 2
 
 
+def test_a_trainer_that_refused_to_start_is_failed_with_its_reason_not_all_clear(tmp_path):
+    evs = [{"event": "schema", "t": 1.0, "name": "kssm-events", "version": 1},
+           {"event": "run_end", "t": 2.0, "status": "failed", "reason": "corpus not found: /gone.txt",
+            "advice": "check --corpus", "step": 0}]
+    s = run_status(write_run(tmp_path / "stage1", evs))
+    assert s.state == "failed" and s.recommendation.code == "failed" and s.exit_code == 2
+    assert s.recommendation.text == "FAILED TO START (corpus not found: /gone.txt): check --corpus"
+
+
 def test_usage_errors_exit_3(tmp_path, capsys):
     code, _, err = run_cli(capsys, tmp_path / "nope")
     assert code == 3 and "no such folder" in err

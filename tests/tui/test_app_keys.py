@@ -86,6 +86,25 @@ async def test_n_on_a_fresh_machine_starts_stage_1(runs):
 
 
 @sync
+async def test_a_stage_that_failed_to_start_shows_why_and_n_retries_it(runs):
+    d = stage_path(runs, 1)
+    d.mkdir(parents=True)
+    (d / "events.jsonl").write_text(json.dumps(  # what the trainer writes when it cannot start
+        {"event": "run_end", "t": 1e9, "status": "failed", "reason": "corpus not found: /gone.txt",
+         "advice": "check --corpus", "step": 0}) + "\n")
+    app, spawned = make_app(runs)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        assert app.stages[1].state == "failed"
+        assert "could not start: corpus not found: /gone.txt; check --corpus" in app.view.state_reason
+        await pilot.press("n")
+        await until(pilot, lambda: spawned)
+        assert not isinstance(app.screen, ConfirmDialog)
+    cmd, run_dir = spawned[0]
+    assert cmd[cmd.index("--stage") + 1] == "1" and run_dir == runs / "stage1"
+
+
+@sync
 async def test_n_after_a_pass_starts_the_next_stage_from_its_best_model(runs):
     healthy(runs)
     (stage_path(runs, 2) / "best_model.pt").write_bytes(b"weights")
