@@ -1,4 +1,8 @@
-"""Training throughput: the fast oscillator kernel against the spec's naive oracle, on this machine.
+"""Training throughput: the production model against the spec's naive oracle, on this machine.
+
+"fast" is the production path: the fused oscillator kernel (kssm_core.oscillator) and the fused,
+chunked head + cross-entropy (kssm_core.fused_ce). "oracle" is kssm_core.reference.use_reference:
+the spec's bank step by step and F.cross_entropy on full [B, S, V] logits, plain eager.
 
 Two measurements, both paths in one run:
 

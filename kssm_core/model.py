@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .config import ModelConfig
 
@@ -139,6 +138,34 @@ class ModelOutput:
     u_per_layer: torch.Tensor  # [L, B, S]
 
 
+class LossOutput(ModelOutput):
+    """KSSM.loss's output: a ModelOutput whose logits are computed on first read, not by the loss.
+
+    It keeps the head's input ([B, S, D], V/D times smaller than the logits) and the autocast state
+    the loss ran under, so `out.logits` equals what forward() would have returned.
+    """
+
+    _logits: torch.Tensor | None = None
+    _source: tuple | None = None
+
+    def keep_head_input(self, feats: torch.Tensor, head: nn.Module) -> None:
+        dev = feats.device.type
+        self._source = (feats, head, dev, torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev))
+
+    @property
+    def logits(self) -> torch.Tensor:
+        if self._logits is None and self._source is not None:
+            feats, head, dev, enabled, dtype = self._source
+            with torch.autocast(device_type=dev, dtype=dtype, enabled=enabled):
+                self._logits = head(feats)
+            self._source = None
+        return self._logits
+
+    @logits.setter
+    def logits(self, value: torch.Tensor | None) -> None:
+        self._logits = value
+
+
 class KSSM(nn.Module):
     """K-SSM v3 language model. forward(idx) -> ModelOutput; loss() adds CE + lambda_reg * reg."""
 
@@ -173,23 +200,39 @@ class KSSM(nn.Module):
         return sum(p.numel() for p in self.parameters())  # the tied weight counts once
 
     def forward(self, idx: torch.Tensor) -> ModelOutput:
+        return ModelOutput(self.output_head(self._features(idx)), *self._telemetry())
+
+    def _features(self, idx: torch.Tensor) -> torch.Tensor:
+        """The head's input: final-normed hidden states [B, S, D]; every bank's telemetry is set."""
         _, seq = idx.shape
         if seq > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {seq} tokens exceeds the position table ({self.cfg.max_seq_len})")
         h = self.embed(idx) + self.pos_embed[:, :seq]
         for block in self.blocks:
             h = block(h)
-        logits = self.output_head(self.final_norm(h))
+        return self.final_norm(h)
+
+    def _telemetry(self) -> tuple[torch.Tensor, ...]:
+        """(R, u_val, reg, R_per_layer, u_per_layer) of the last forward pass, as ModelOutput orders them."""
         tele = [bank.last for bank in self.banks]
         R_layers = torch.stack([t.R for t in tele])
         u_layers = torch.stack([t.u for t in tele])
         reg = torch.stack([t.reg for t in tele]).mean()
-        return ModelOutput(logits, R_layers.mean(), u_layers.mean(), reg, R_layers, u_layers)
+        return R_layers.mean(), u_layers.mean(), reg, R_layers, u_layers
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor, lambda_reg: float) -> tuple[torch.Tensor, torch.Tensor, ModelOutput]:
-        """Total loss = CE + lambda_reg * reg. Returns (total, ce, output)."""
-        out = self(idx)
-        ce = F.cross_entropy(out.logits.reshape(-1, out.logits.size(-1)).float(), targets.reshape(-1))
+        """Total loss = CE + lambda_reg * reg. Returns (total, ce, output).
+
+        The CE is fused with the tied head (kssm_core.fused_ce), so the [B, S, V] logits are never
+        built; the output computes them only if `.logits` is read. The spec's plain form,
+        F.cross_entropy on full logits, is kssm_core.reference.reference_loss.
+        """
+        from .fused_ce import linear_cross_entropy
+
+        feats = self._features(idx)
+        ce = linear_cross_entropy(feats.reshape(-1, feats.size(-1)), self.output_head.weight, targets.reshape(-1))
+        out = LossOutput(None, *self._telemetry())
+        out.keep_head_input(feats, self.output_head)
         return ce + lambda_reg * out.reg, ce, out
 
     @torch.no_grad()

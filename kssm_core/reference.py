@@ -3,7 +3,8 @@
 Plain eager PyTorch, no tricks: the multi-scale readout materialises n*theta as a [B, S, N, H] tensor
 and takes cos and sin of all of it, and autograd keeps what it needs. It is slow and memory-hungry on
 purpose; tests and benchmarks/train_throughput.py compare kssm_core.oscillator against it. Production
-code never calls it; `use_reference` swaps it into a model so the benchmark can time the naive model.
+code never calls it; `use_reference` swaps it into a model so the benchmark can time the naive model,
+together with `reference_loss`, the cross-entropy on full logits that kssm_core.fused_ce replaces.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import contextlib
 from collections.abc import Iterator
 
 import torch
+import torch.nn.functional as F
 
 EPS = 1e-5
 
@@ -77,16 +79,33 @@ def _reference_steps(bank, h: torch.Tensor):
     return out
 
 
+def reference_loss(model, idx: torch.Tensor, targets: torch.Tensor, lambda_reg: float):
+    """KSSM.loss the plain way: full [B, S, V] logits, then F.cross_entropy (upcast to fp32).
+
+    The oracle for kssm_core.fused_ce, which computes the same CE without building the logits.
+    Returns (total, ce, output) like KSSM.loss.
+    """
+    out = model(idx)
+    ce = F.cross_entropy(out.logits.reshape(-1, out.logits.size(-1)).float(), targets.reshape(-1))
+    return ce + lambda_reg * out.reg, ce, out
+
+
 @contextlib.contextmanager
 def use_reference(model: torch.nn.Module) -> Iterator[None]:
-    """Within the block, every oscillator bank in `model` runs the reference forward (for benchmarks)."""
-    from .model import KuramotoOscillatorBank
+    """Within the block, `model` runs the spec's plain maths (for tests and benchmarks): every
+    oscillator bank the reference forward, and every KSSM's loss the full-logits cross-entropy."""
+    from .model import KSSM, KuramotoOscillatorBank
 
     banks = [m for m in model.modules() if isinstance(m, KuramotoOscillatorBank)]
+    models = [m for m in model.modules() if isinstance(m, KSSM)]
     for bank in banks:
         bank.forward = (lambda h, _b=bank: reference_bank_forward(_b, h))  # instance attribute shadows the method
+    for m in models:
+        m.loss = (lambda idx, targets, lambda_reg, _m=m: reference_loss(_m, idx, targets, lambda_reg))
     try:
         yield
     finally:
         for bank in banks:
             del bank.forward
+        for m in models:
+            del m.loss

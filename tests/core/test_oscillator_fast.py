@@ -8,6 +8,7 @@ to ~1e-12), so the fp32 margin is rounding, not an approximation.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -247,10 +248,7 @@ def test_whole_model_loss_and_grads_match_oracle():
     def run(ref: bool):
         model.zero_grad(set_to_none=True)
         torch.manual_seed(13)
-        if ref:
-            with use_reference(model):
-                total, ce, out = model.loss(idx, tgt, lambda_reg=0.01)
-        else:
+        with use_reference(model) if ref else contextlib.nullcontext():
             total, ce, out = model.loss(idx, tgt, lambda_reg=0.01)
         total.backward()
         return total.detach(), out, {n: p.grad.clone() for n, p in model.named_parameters()}
