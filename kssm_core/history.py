@@ -15,6 +15,7 @@ from array import array
 from bisect import bisect_left
 from collections import deque
 from dataclasses import dataclass, field
+from operator import lt
 from typing import Any
 
 STEP_FIELDS = ("loss", "ce", "reg", "R", "u_val", "grad_norm", "lr", "tokens_per_s", "gpu_mem_bytes")
@@ -22,14 +23,21 @@ EVAL_FIELDS = ("val_loss", "val_ce", "val_ppl", "val_R", "val_u")
 NAN = float("nan")
 _INT = {int}
 _NUM = {int, float}
+_FLOAT = {float}
+MAX_STEP = 2**63 - 1  # the steps column is int64: a larger "step" is damage (and would not fit)
 
 
 def as_number(value: Any) -> tuple[float, bool]:
     """(value as float, was it well-formed). Numeric strings are accepted but flagged; the rest is NaN."""
     if isinstance(value, bool):
         return NAN, False
-    if isinstance(value, (int, float)):
-        return float(value), True
+    if isinstance(value, float):
+        return value, True
+    if isinstance(value, int):
+        try:
+            return float(value), True
+        except OverflowError:  # an integer of hundreds of digits: damage, not a reading
+            return NAN, False
     if value is None:
         return NAN, True  # the writer's spelling of NaN / inf
     if isinstance(value, str):
@@ -44,12 +52,32 @@ def as_step(value: Any) -> int | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return value if value >= 0 else None
-    if isinstance(value, float) and value.is_integer() and value >= 0:
+        return value if 0 <= value <= MAX_STEP else None
+    if isinstance(value, float) and value.is_integer() and 0 <= value <= MAX_STEP:
         return int(value)
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isdigit() and int(value.strip()) <= MAX_STEP:
         return int(value.strip())
     return None
+
+
+class StepBatch:
+    """Consecutive step events as columns (kssm_core.steplines decodes them so): `steps` (ints), `ts` (finite
+    floats or None: JSON cannot spell NaN) and an array("d") per STEP_FIELDS name, NaN where the value was
+    absent or null. RunHistory.extend folds it without a dict per event."""
+
+    __slots__ = ("steps", "ts", "cols")
+
+    def __init__(self, steps: list[int], ts: list, cols: dict[str, array]):
+        self.steps, self.ts, self.cols = steps, ts, cols
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def records(self) -> list[dict]:
+        """The same events as dicts (NaN for an absent or null value: apply() treats all three alike)."""
+        names = list(self.cols)
+        return [dict(zip(names, vals), event="step", step=s, t=t)
+                for s, t, *vals in zip(self.steps, self.ts, *self.cols.values())]
 
 
 class Series:
@@ -81,7 +109,7 @@ class Series:
         for f in self.fields:
             v = record.get(f)
             t = type(v)
-            if t is float or t is int:  # the common case, fast (bool is not int here: type() is exact)
+            if t is float:  # the common case, fast (an int goes through as_number: it may not fit a float)
                 cols[f].append(v)
             elif v is None:
                 cols[f].append(NAN)  # absent, or the writer's null for NaN / inf
@@ -145,9 +173,16 @@ class RunHistory:
     step_times: deque = field(default_factory=lambda: deque(maxlen=256))  # (t, step) of recent step events: rate, stall
 
     def extend(self, records) -> None:
-        """apply() each record; runs of ordinary step events take a columnar fast path (same result)."""
+        """apply() each record; runs of ordinary step events take a columnar fast path (same result).
+        `records` may hold StepBatch items (EventLogReader.read_new(step_batches=True)) among the dicts."""
         batch: list[dict] = []
         for r in records:
+            if type(r) is StepBatch:
+                if batch:
+                    self._apply_steps(batch)
+                    batch = []
+                self._apply_step_batch(r)
+                continue
             if r.get("event") == "step":
                 batch.append(r)
                 continue
@@ -163,9 +198,10 @@ class RunHistory:
         steps = [r.get("step") for r in batch]
         ts = [r.get("t") for r in batch]
         last = self.steps.steps[-1] if len(self.steps) else -1
-        if (len(batch) < 8 or not set(map(type, steps)) <= _INT or not set(map(type, ts)) <= _NUM
-                or steps[0] <= last or steps[0] < 0
-                or any(b <= a for a, b in zip(steps, steps[1:]))):
+        # int times go one by one: apply() keeps times as floats (and one of hundreds of digits is no time)
+        if (len(batch) < 8 or not set(map(type, steps)) <= _INT or not set(map(type, ts)) <= _FLOAT
+                or steps[0] <= last or steps[0] < 0 or steps[-1] > MAX_STEP
+                or not all(map(lt, steps, steps[1:]))):
             for r in batch:
                 self.apply(r)
             return
@@ -179,12 +215,15 @@ class RunHistory:
             vals = [r.get(f) for r in batch]
             kinds = set(map(type, vals))
             if kinds <= _NUM:
-                series.cols[f].extend(vals)
-                continue
+                try:
+                    series.cols[f].extend(array("d", vals))  # built whole first: no half-extended column
+                    continue
+                except OverflowError:  # an int too big for a float: the loop below counts it
+                    pass
             out = []
             for v in vals:
                 t = type(v)
-                if t is float or t is int:
+                if t is float:
                     out.append(v)
                 elif v is None:
                     out.append(NAN)
@@ -194,6 +233,30 @@ class RunHistory:
                     out.append(v)
             series.cols[f].extend(out)
         self.step_times.extend((float(t), st) for t, st in zip(ts[-256:], steps[-256:]) if t == t)
+
+    def _apply_step_batch(self, b: StepBatch) -> None:
+        """_apply_steps for a decoded StepBatch (values already floats): the same checks, the same result."""
+        steps, ts = b.steps, b.ts
+        if not steps:
+            return
+        last = self.steps.steps[-1] if len(self.steps) else -1
+        if (len(steps) < 8 or steps[0] <= last or steps[0] < 0 or steps[-1] > MAX_STEP
+                or not all(map(lt, steps, steps[1:]))):
+            for r in b.records():  # a rewind inside the batch, or too few to matter: one by one
+                self.apply(r)
+            return
+        self.events += len(steps)
+        try:
+            tmax = max(ts)  # no NaN to make max() depend on order: see StepBatch
+        except TypeError:  # None among them
+            tmax = max((t for t in ts if t is not None), default=None)
+        if tmax is not None:
+            self.last_event_t = tmax if self.last_event_t is None else max(self.last_event_t, tmax)
+        series = self.steps
+        series.steps.extend(steps)
+        for f in series.fields:
+            series.cols[f].extend(b.cols[f])
+        self.step_times.extend((float(t), st) for t, st in zip(ts[-256:], steps[-256:]) if t is not None and t == t)
 
     def apply(self, r: dict) -> None:
         kind = r.get("event")

@@ -3,7 +3,9 @@
 `EventLogReader` reads from a byte offset, hands over only complete lines, keeps a partial
 last line for next time, skips (and counts) lines it cannot parse, and notices a truncated
 or replaced file (then starts again from 0). Heartbeats, most of a long log, are not parsed
-one by one: only the newest of each batch is.
+one by one: only the newest of each batch is. With `read_new(step_batches=True)` long runs of step
+lines are decoded by kssm_core.steplines into columnar StepBatch items (RunHistory.extend folds them);
+any run it is not sure of is parsed the ordinary way.
 """
 
 from __future__ import annotations
@@ -14,9 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from . import steplines
+
 MAX_LINE_BYTES = 1_000_000  # a longer line is damage, not an event
 _HEARTBEAT_TAG = b'"event":"heartbeat"'
 _READ_CHUNK = 64 * 1024 * 1024
+MIN_STEP_RUN = 32  # shorter runs of step lines (a live tail's few new lines) are not worth a batch
 
 
 @dataclass
@@ -43,6 +48,7 @@ class EventLogReader:
         self.stats = ReadStats()
         self._partial = b""
         self._skipping_long = False
+        self._batched = False
 
     def state(self) -> dict:
         """Where reading stands, JSON-safe: resume with EventLogReader.from_state() (a partial line is re-read)."""
@@ -71,12 +77,17 @@ class EventLogReader:
         self.inode = st.st_ino
         return st
 
-    def read_new(self, max_bytes: int | None = None) -> list[dict]:
-        """Parse every complete line appended since the last call (at most max_bytes of file)."""
+    def read_new(self, max_bytes: int | None = None, step_batches: bool = False) -> list:
+        """Parse every complete line appended since the last call (at most max_bytes of file).
+
+        step_batches: runs of step events may come as history.StepBatch items (for RunHistory.extend)
+        instead of one dict each; the other records are dicts as always.
+        """
         st = self._check_replaced()
         if st is None or st.st_size == self.offset:
             return []
-        out: list[dict] = []
+        self._batched = step_batches and steplines.available()
+        out: list = []
         with open(self.path, "rb") as fh:
             fh.seek(self.offset)
             remaining = st.st_size - self.offset if max_bytes is None else min(max_bytes, st.st_size - self.offset)
@@ -89,11 +100,17 @@ class EventLogReader:
                 out.extend(self._feed(chunk))
         return out
 
+    def parse_lines(self, lines: list[bytes], step_batches: bool = False) -> list:
+        """Parse complete lines (without their newlines) as read_new() would, counting in self.stats."""
+        self._batched = step_batches and steplines.available()
+        return list(self._parse(lines))
+
     def _feed(self, chunk: bytes) -> list[dict]:
         data = self._partial + chunk
+        short = _no_line_over_max(data)
         lines = data.split(b"\n")
         self._partial = lines.pop()  # no newline yet: hold it back
-        records = list(self._parse(lines))
+        records = list(self._parse(lines, short))
         if len(self._partial) > MAX_LINE_BYTES:  # a runaway line: drop what we have, skip to its end
             if not self._skipping_long:
                 self.stats.oversized_lines += 1
@@ -101,11 +118,12 @@ class EventLogReader:
             self._partial, self._skipping_long = b"", True
         return records
 
-    def _parse(self, lines: list[bytes]) -> Iterator[dict]:
+    def _parse(self, lines: list[bytes], short: bool = False) -> Iterator[dict]:
+        """short: the caller knows no line is over MAX_LINE_BYTES (saves measuring each one)."""
         if self._skipping_long and lines:  # the tail of an oversized line
             self._skipping_long = False
             lines = lines[1:]
-        if lines and max(map(len, lines)) > MAX_LINE_BYTES:
+        if lines and not short and max(map(len, lines)) > MAX_LINE_BYTES:
             return self._parse_slow(lines)
         # Fast path (no oversized line): heartbeats, most of a long log, are counted in bulk and only the
         # newest is parsed (in its place); the other lines are parsed together.
@@ -113,17 +131,40 @@ class EventLogReader:
         while last_hb >= 0 and _HEARTBEAT_TAG not in lines[last_hb]:
             last_hb -= 1
         if last_hb < 0:
-            keep = [raw for raw in lines if raw.strip()]
-            self.stats.lines += len(keep)
-            return iter(self._parse_many(keep))
+            return iter(self._parse_kept(lines))
         head = [raw for raw in lines[:last_hb] if _HEARTBEAT_TAG not in raw]
-        n_hb = last_hb - len(head) + 1
-        head = [raw for raw in head if raw.strip()]
-        tail = [raw for raw in lines[last_hb + 1:] if raw.strip()]  # no heartbeat after the newest one
-        self.stats.lines += n_hb + len(head) + len(tail)
-        return iter(self._parse_many(head + [lines[last_hb]] + tail))
+        self.stats.lines += last_hb - len(head)  # the heartbeats dropped (the newest is counted with the rest)
+        return iter(self._parse_kept(head + lines[last_hb:]))  # no heartbeat after the newest one
 
-    def _parse_many(self, raws: list[bytes]) -> list[dict]:
+    def _parse_kept(self, raws: list[bytes]) -> list:
+        """Parse and count the lines that are not blank (the dropped heartbeats are already counted)."""
+        if self._batched and len(raws) >= MIN_STEP_RUN:
+            return self._parse_batched(raws)
+        keep = [raw for raw in raws if raw.strip()]
+        self.stats.lines += len(keep)
+        return self._parse_json(keep)
+
+    def _parse_batched(self, raws: list[bytes]) -> list:
+        """Runs of step lines as StepBatch items, in their places among the other records (parsed as JSON)."""
+        tag = steplines.STEP_TAG
+        others = [i for i, raw in enumerate(raws) if tag not in raw]  # a blank line is one of them
+        self.stats.lines += len(raws) - sum(1 for i in others if not raws[i].strip())
+        bounds = [-1, *others, len(raws)]
+        out: list = []
+        done = 0  # raws[:done] are in `out`
+        for a, b in zip(bounds, bounds[1:]):
+            if b - a - 1 < MIN_STEP_RUN:
+                continue
+            batch = steplines.decode_steps(raws[a + 1:b])
+            if batch is None:  # any doubt: these lines go the ordinary way with their neighbours
+                continue
+            out.extend(self._parse_json([raw for raw in raws[done:a + 1] if raw.strip()]))
+            out.append(batch)
+            done = b
+        out.extend(self._parse_json([raw for raw in raws[done:] if raw.strip()]))
+        return out
+
+    def _parse_json(self, raws: list[bytes]) -> list[dict]:
         """Parse many lines in one json.loads of a JSON array (C speed); on any doubt, line by line."""
         if not raws:
             return []
@@ -170,6 +211,14 @@ class EventLogReader:
             if rec is not None:
                 parsed.insert(last_hb_pos, rec)
         return iter(parsed)
+
+
+def _no_line_over_max(data: bytes) -> bool:
+    """True when no newline-ended line of data is over MAX_LINE_BYTES: every window of half that size holds a
+    newline (such a line would contain a whole window). False means "maybe": measure the lines."""
+    half = MAX_LINE_BYTES // 2
+    find = data.find
+    return all(find(b"\n", p, p + half) >= 0 for p in range(0, len(data), half))
 
 
 def parse_line(raw: bytes, stats: ReadStats | None = None) -> dict | None:

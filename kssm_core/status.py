@@ -215,7 +215,7 @@ class EventsFollower:
         before = self.reader.offset
         resets = self.reader.stats.resets
         while True:  # in slices, so memory stays bounded however large the file
-            records = self.reader.read_new(max_bytes=READ_SLICE_BYTES)
+            records = self.reader.read_new(max_bytes=READ_SLICE_BYTES, step_batches=True)
             if self.reader.stats.resets != resets:  # truncated or replaced: start the fold again
                 resets = self.reader.stats.resets
                 self.history = RunHistory()

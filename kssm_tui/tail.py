@@ -21,7 +21,7 @@ from typing import Callable
 from kssm_core.config import STAGES
 from kssm_core.history import RunHistory, as_step
 from kssm_core.lock import lock_state, read_lock
-from kssm_core.runlog import EventLogReader, parse_line
+from kssm_core.runlog import EventLogReader
 from kssm_core.verdicts import Verdict
 
 from . import assess
@@ -31,7 +31,9 @@ from .messages import ChartSpec, RunChanged, RunView, StageInfo, StagesChanged, 
 MAX_POINTS = 400  # chart points per series: enough for a terminal, bounded on week-long runs
 MAX_ENTRIES = 200  # event-log entries kept for a newly selected run
 READ_SLICE_BYTES = 16 * 1024 * 1024  # one read of a long log; bounded memory per slice
-CATCH_UP_BUDGET_S = 0.4  # reading time between two partial views of a long catch-up
+# Reading time between two partial views of a long catch-up: each view costs a repaint, which competes with
+# the reading for the CPU, so a 1,000,000-event log (about 1 s to read) is read without one.
+CATCH_UP_BUDGET_S = 1.5
 PREVIEW_MIN_BYTES = 32 * 1024 * 1024  # a log at least this big is previewed from its ends first
 PREVIEW_TAIL_BYTES = 4 * 1024 * 1024
 PREVIEW_HEAD_BYTES = 256 * 1024
@@ -136,9 +138,12 @@ class RunFollower:
             self.entries.extend(e for e in map(entry_for, list(self.history.samples)[-20:]) if e)
             self.version += 1
 
+    def cache_due(self) -> bool:
+        return self._read_since_cache >= self.CACHE_AFTER_BYTES and not self.behind
+
     def save_cache(self) -> None:
         """Store the folded history after a big catch-up (best effort; kssm_core.status owns the format)."""
-        if self._read_since_cache < self.CACHE_AFTER_BYTES or self.behind:
+        if not self.cache_due():
             return
         self._read_since_cache = 0
         try:
@@ -182,7 +187,7 @@ class RunFollower:
             return False
         resets = self.reader.stats.resets
         before = self.reader.offset
-        records = self.reader.read_new(max_bytes=max_bytes)
+        records = self.reader.read_new(max_bytes=max_bytes, step_batches=True)  # steps in columnar batches
         if self.reader.stats.resets != resets:  # truncated or replaced: rebuild from scratch
             self.history = RunHistory()
             self.entries.clear()
@@ -194,9 +199,10 @@ class RunFollower:
             return self.reader.stats.resets != resets
         self.history.extend(records)
         for r in records:
-            e = entry_for(r)
-            if e is not None:
-                self.entries.append(e)
+            if type(r) is dict:  # a StepBatch holds only steps, which have no log entry
+                e = entry_for(r)
+                if e is not None:
+                    self.entries.append(e)
         self.version += 1
         return True
 
@@ -221,16 +227,8 @@ def preview_history(path: Path) -> RunHistory:
     head = head[: head.rfind(b"\n") + 1]
     tail = tail[tail.find(b"\n") + 1:]
     tail = tail[: tail.rfind(b"\n") + 1]
-    last_hb = None
-    for raw in head.splitlines() + tail.splitlines():
-        if b'"heartbeat"' in raw:
-            last_hb = raw
-            continue
-        rec = parse_line(raw) if raw.strip() else None
-        if rec is not None:
-            h.apply(rec)
-    if last_hb is not None and (rec := parse_line(last_hb)) is not None:
-        h.apply(rec)
+    # Parsed as the reader parses (step lines in columnar batches, only the newest heartbeat).
+    h.extend(EventLogReader(path).parse_lines(head.split(b"\n")[:-1] + tail.split(b"\n")[:-1], step_batches=True))
     return h
 
 
@@ -360,10 +358,11 @@ class Monitor:
             self.busy = True
             self._preview_view = preview
             return self._stages(self._preview_follower)[0], preview
+        selected = self.selected
         while True:
             shown.poll(READ_SLICE_BYTES)
-            if not shown.behind or time.monotonic() - started > CATCH_UP_BUDGET_S:
-                break
+            if not shown.behind or time.monotonic() - started > CATCH_UP_BUDGET_S or self.selected != selected:
+                break  # (another run picked meanwhile: the next tick shows it, this one is read on later)
         self.busy = shown.behind
         if self.busy:
             lock = self._lock(folder)
@@ -466,6 +465,9 @@ class Monitor:
         state, why = lock_state(info)
         return state, why, info.pid if info else None
 
+    def save_due(self) -> bool:
+        return any(f.cache_due() for f in self.followers.values())
+
     def after_post(self) -> None:
         """Slow housekeeping once the views are out: store the history cache of big catch-ups."""
         for f in self.followers.values():
@@ -495,6 +497,9 @@ def monitor_loop(post: Callable, monitor: Monitor, interval: float, cancelled: C
                 monitor.painted.wait(PAINT_WAIT_S)
                 monitor.painted.clear()
             continue
+        if view is not None and monitor.save_due():  # storing the cache (~0.2 s for 1M events) waits for the paint
+            monitor.painted.wait(PAINT_WAIT_S)
+            monitor.painted.clear()
         monitor.after_post()
         # Sleep in short slices so cancellation and forced refreshes are noticed quickly.
         while not cancelled() and time.monotonic() - started < interval and not monitor.force.is_set():

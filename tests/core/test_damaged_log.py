@@ -111,7 +111,7 @@ def test_an_unreadable_events_file_is_one_line_not_a_crash(tmp_path, monkeypatch
 
     from kssm_core.runlog import EventLogReader
 
-    def denied(self, max_bytes=None):
+    def denied(self, max_bytes=None, **_):
         raise PermissionError(errno.EACCES, "Permission denied")
 
     d = tmp_path / "stage2"
