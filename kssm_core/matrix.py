@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import json
 import math
-from bisect import bisect_left, bisect_right
+from bisect import bisect_right
 from pathlib import Path
 from typing import Callable
+
+import numpy as np
 
 from . import playbook
 from .config import STAGES, stage as stage_info
@@ -38,17 +40,24 @@ STAGE_METRICS: dict[int, tuple[str, ...]] = {
 
 
 # ---- small helpers ------------------------------------------------------------------------------------
-def _finite(values) -> list[float]:
-    return [v for v in values if math.isfinite(v)]
+# Columns of a week-long run hold millions of readings: the rows work on numpy views of them (a history's
+# array('d') columns are viewed without a copy), so judging the whole matrix stays in the milliseconds.
+def _finite(values) -> np.ndarray:
+    v = np.asarray(values, dtype=np.float64)
+    return v[np.isfinite(v)]
 
 
-def _recent(values: list[float], c: Criteria) -> list[float]:
+def _recent(values: np.ndarray, c: Criteria) -> np.ndarray:
     n = max(c.min_points, math.ceil(len(values) * c.recent_fraction))
     return values[-n:]
 
 
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)
+def _mean(values: np.ndarray) -> float:
+    return float(np.mean(values))
+
+
+def _count(mask: np.ndarray) -> int:
+    return int(np.count_nonzero(mask))
 
 
 def _fmt(v: float) -> str:
@@ -66,9 +75,8 @@ def zone_of(r: float, c: Criteria = DEFAULT) -> int:
 
 def zones_visited(r_values, c: Criteria = DEFAULT) -> list[str]:
     """Zones with at least zone_min_readings readings (one noisy reading is not a visit), in R order."""
-    vals = sorted(r for r in r_values if math.isfinite(r))  # sorted once: each zone's count is two bisections
-    bounds = [0] + [bisect_left(vals, e) for e in c.r_zone_edges] + [len(vals)]
-    counts = [b - a for a, b in zip(bounds, bounds[1:])]
+    zones = np.searchsorted(np.asarray(c.r_zone_edges, dtype=np.float64), _finite(r_values), side="right")
+    counts = np.bincount(zones, minlength=len(ZONE_NAMES))  # zone i holds edges[i-1] <= r < edges[i], as zone_of
     return [ZONE_NAMES[i] for i, n in enumerate(counts) if n >= c.zone_min_readings]
 
 
@@ -144,9 +152,9 @@ def row_u_clamps(history: RunHistory, stage: int, c: Criteria) -> MatrixRow:
     if pending:
         return pending
     rec = _recent(vals, c)
-    at = sum(1 for u in rec if u <= c.u_at_floor or u >= c.u_at_ceiling)
-    near = sum(1 for u in rec if u <= c.u_near_floor or u >= c.u_near_ceiling)  # includes `at`
-    span = f"recent u_val {_fmt(min(rec))}-{_fmt(max(rec))} (last {len(rec)} readings)"
+    at = _count((rec <= c.u_at_floor) | (rec >= c.u_at_ceiling))
+    near = _count((rec <= c.u_near_floor) | (rec >= c.u_near_ceiling))  # includes `at`
+    span = f"recent u_val {_fmt(float(rec.min()))}-{_fmt(float(rec.max()))} (last {len(rec)} readings)"
     if at / len(rec) >= c.u_clamp_share:
         return MatrixRow(stage, "u_val", F, f"hitting clamps: {at}/{len(rec)} at <= {c.u_at_floor} or >= {c.u_at_ceiling}; {span}")
     if at or near / len(rec) >= c.u_clamp_share:
@@ -173,7 +181,7 @@ def row_r_zones(history: RunHistory, stage: int, c: Criteria) -> MatrixRow:
     if len(vals) < max(c.min_points, c.zone_min_readings):
         return MatrixRow(stage, "R zones", P, f"{len(vals)} R readings so far")
     zones = zones_visited(vals, c)
-    lo, hi = min(vals), max(vals)
+    lo, hi = float(vals.min()), float(vals.max())
     where = f"{len(zones)} zone(s) visited ({', '.join(zones) or 'none'}; R {lo:.4f}-{hi:.4f}, {len(vals)} readings)"
     if stage == 3:
         if len(zones) >= c.stage3_zones_healthy:
@@ -205,12 +213,12 @@ def row_u_regime(history: RunHistory, stage: int, c: Criteria) -> MatrixRow:
     if pending:
         return pending
     rec = _recent(vals, c)
-    lo, hi = min(rec), max(rec)
+    lo, hi = float(rec.min()), float(rec.max())
     span = f"recent u_val {lo:.3f}-{hi:.3f} (last {len(rec)} readings)"
     if hi - lo < c.u_locked_range:
         where = " at the floor" if hi <= c.u_at_floor else " at the ceiling" if lo >= c.u_at_ceiling else ""
         return MatrixRow(stage, "u_val regime", F, f"locked{where}: moved {hi - lo:.4f} (< {c.u_locked_range}); {span}")
-    edge = sum(1 for u in rec if u <= c.u_edge_max)
+    edge = _count(rec <= c.u_edge_max)
     if edge / len(rec) >= c.u_edge_share:
         return MatrixRow(stage, "u_val regime", H, f"edge-surfing: {edge}/{len(rec)} readings <= {c.u_edge_max}, still moving; {span}")
     return MatrixRow(stage, "u_val regime", W, f"wandering: {edge}/{len(rec)} readings <= {c.u_edge_max}; {span}")
