@@ -25,7 +25,7 @@ from textual.worker import get_current_worker
 from kssm_core.config import STAGES, stage as stage_of
 from kssm_core.lock import LockHeld, lock_state, read_lock, unlock
 
-from . import ascii_chrome
+from . import ascii_chrome, assess
 from . import controller as ctl
 from .dialogs.clean import CleanDialog
 from .dialogs.confirm import ConfirmDialog
@@ -95,6 +95,7 @@ class KssmApp(App):
         self.tail_interval = tail_interval
         self.controller = ctl.TrainerController(cwd)
         self.monitor = Monitor(self.runs_root, self.attach)
+        self.monitor.readonly = readonly
         self.stages: dict[int, StageInfo] = {}
         self.view: RunView | None = None
         self.log_y = False
@@ -296,11 +297,7 @@ class KssmApp(App):
 
     def _current_stage(self) -> int | None:
         """The stage in progress: a running one, else the newest started one."""
-        running = [n for n, s in self.stages.items() if s.state == "running"]
-        if running:
-            return running[0]
-        started = [n for n, s in self.stages.items() if s.state != "not started"]
-        return max(started) if started else None
+        return assess.current_stage({n: s.state for n, s in self.stages.items()})
 
     def _spawn(self, command: list[str], run_dir: Path, what: str) -> None:
         try:

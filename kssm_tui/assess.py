@@ -97,18 +97,51 @@ def full_matrix(history: RunHistory, stage: int | None, run_dir: Path | None = N
     return _fallback_rows(history, stage or 1)
 
 
-def recommendation(run_dir: Path, history: RunHistory, fallback: str) -> str:
-    """The one-line next step from kssm_core.status when present."""
+def recommendation(run_dir: Path, history: RunHistory, fallback: str) -> tuple[str | None, str]:
+    """(code, one-line next step) from kssm_core.status; (None, fallback) when it cannot say."""
     status = _optional("kssm_core.status")
     if status is None:
-        return fallback
+        return None, fallback
     try:
         st = status.run_status(run_dir, history=history)
     except Exception:
-        return fallback
+        return None, fallback
     rec = getattr(st, "recommendation", None)
     text = getattr(rec, "text", rec)
-    return text if isinstance(text, str) and text else fallback
+    if not isinstance(text, str) or not text:
+        return None, fallback
+    return getattr(rec, "code", None), text
+
+
+def current_stage(states: dict[int, str]) -> int | None:
+    """The stage in progress from {stage: state}: a running one, else the newest started one."""
+    running = [n for n, s in states.items() if s == "running"]
+    if running:
+        return running[0]
+    started = [n for n, s in states.items() if s != "not started"]
+    return max(started) if started else None
+
+
+def next_step(code: str | None, text: str, shown: int | None, current: int | None, readonly: bool) -> str:
+    """kssm status's advice as the cockpit gives it: the key that does it first, the command after.
+
+    Keys act on the shown run (r, u) or start the stage after the current one (n), so n is named only
+    when the shown run is that current stage (or nothing has started). Read-only: the CLI text as is.
+    """
+    if readonly or code is None:
+        return text
+    if code in ("crashed", "interrupted"):
+        return f"press r to resume from the newest checkpoint ({text})"
+    if code == "stale_lock":
+        return f"press u to clear the stale lock ({text})"
+    if code == "active":
+        return text.split("; watch:")[0]  # the cockpit is the watch
+    on_current = shown is not None and (current is None or shown == current)
+    if code == "all_clear" and on_current and current is None:
+        return f"press n to start Stage {shown} ({text})"
+    if code == "completed" and on_current and "ALL CLEAR: safe to start stage" in text and shown < 5:
+        return f"press n to start Stage {shown + 1} ({text})"
+    return text
 
 
 def alerts(history: RunHistory, run_dir: Path, lock: str) -> list[Any]:

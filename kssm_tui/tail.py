@@ -238,8 +238,12 @@ def _save_interval(h: RunHistory) -> int | None:
 
 
 def build_view(f: RunFollower, stage: int | None, lock: tuple[str, str, int | None], assessment, state: tuple[str, str],
-               fresh: bool, partial: bool = False, reuse: RunView | None = None) -> RunView:
-    """The dashboard's payload for one run (downsampled: cost is bounded whatever the run's length)."""
+               fresh: bool, partial: bool = False, reuse: RunView | None = None,
+               hints: tuple[int | None, bool] = (None, True)) -> RunView:
+    """The dashboard's payload for one run (downsampled: cost is bounded whatever the run's length).
+
+    `hints` = (the current stage, read-only?) for the key named in the next-step line (assess.next_step).
+    """
     h = f.history
     s, e = h.steps, h.evals
 
@@ -277,7 +281,8 @@ def build_view(f: RunFollower, stage: int | None, lock: tuple[str, str, int | No
         rows, rec, alerts = reuse.matrix_rows, reuse.recommendation, reuse.alerts
     else:
         rows = assess.full_matrix(h, stage, f.run_dir)
-        rec = assess.recommendation(f.run_dir, h, state[1])
+        code, rec = assess.recommendation(f.run_dir, h, state[1])
+        rec = assess.next_step(code, rec, stage, *hints)
         alerts = assess.alerts(h, f.run_dir, lock[0])
     replace = fresh or f.reset_pending
     f.reset_pending = False
@@ -310,6 +315,8 @@ class Monitor:
         self._assessed: dict[Path, tuple] = {}
         self.force = threading.Event()  # set by the App to rebuild the view now (e.g. after a spawn)
         self.busy = False  # the shown run's log is still being caught up
+        self.readonly = False  # set by the App: next-step lines then name no keys
+        self._states: dict[int, str] = {}  # stage number -> StagePlan state, from the last _stages()
         # Set by the App once a posted view is on screen: during a catch-up the reader waits for it, so its
         # pure-Python folding (which holds the GIL) does not starve the first paint.
         self.painted = threading.Event()
@@ -391,7 +398,8 @@ class Monitor:
                 self._heavy_at = now
             a = self._assess(shown, stage) if stage and not light else (prev.assessment if light else None)
             state = assess.run_state(shown.history, shown.has_events, locks[folder][0], a.verdict if a else None)
-            view = build_view(shown, stage, locks[folder], a, state, fresh, reuse=prev if light else None)
+            view = build_view(shown, stage, locks[folder], a, state, fresh, reuse=prev if light else None,
+                              hints=self._hints())
             self._last_view = view
         return stages_out, view
 
@@ -419,11 +427,15 @@ class Monitor:
                            if r.verdict in (Verdict.WARNING, Verdict.FAILURE))
             infos[number] = StageInfo(number, fold, state[0], f.history.last_step, f.history.max_steps,
                                       verdict.value if verdict else None, failed, lk[0], lk[2])
+        self._states = {n: i.state for n, i in infos.items()}
         stages_key = tuple((i.state, i.step, i.verdict, i.lock_state) for i in infos.values())
         if stages_key == self._stages_key:
             return None, locks
         self._stages_key = stages_key
         return infos, locks
+
+    def _hints(self) -> tuple[int | None, bool]:
+        return assess.current_stage(self._states), self.readonly
 
     def _preview(self, f: RunFollower, stage: int | None) -> RunView | None:
         """Once per folder: a view from the ends of a long log that has not been read yet."""
@@ -449,7 +461,7 @@ class Monitor:
         tmp.entries.extend(e for e in map(entry_for, list(tmp.history.samples)[-10:]) if e)
         self._preview_follower = tmp
         state = ("loading", f"reading history of {size / 1e6:.0f} MB; showing its newest {PREVIEW_TAIL_BYTES >> 20} MB")
-        view = build_view(tmp, stage, lock, a, state, self._fresh(f.run_dir))
+        view = build_view(tmp, stage, lock, a, state, self._fresh(f.run_dir), hints=self._hints())
         return view
 
     def _fresh(self, folder: Path) -> bool:

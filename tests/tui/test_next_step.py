@@ -1,0 +1,40 @@
+"""assess.next_step: kssm status's advice with the cockpit key that does it, and only where that key would."""
+
+from __future__ import annotations
+
+import pytest
+
+from kssm_tui.assess import current_stage, next_step
+
+CLEAR = "ALL CLEAR: safe to start: kssm train --stage 1 --output-dir results/stage1"
+PASSED = "COMPLETED stage 2 (healthy): ALL CLEAR: safe to start stage 3: kssm train --stage 3"
+
+
+@pytest.mark.parametrize("code,text,shown,current,expect", [
+    ("all_clear", CLEAR, 1, None, "press n to start Stage 1 ("),
+    ("all_clear", CLEAR, 3, 2, "ALL CLEAR"),  # n would start stage 3 only if stage 2 passed: no promise
+    ("completed", PASSED, 2, 2, "press n to start Stage 3 ("),
+    ("completed", PASSED, 2, 4, "COMPLETED"),  # an older stage on screen: n acts on stage 4, not 2
+    ("crashed", "CRASHED at step 40: kssm train --resume", 2, 2, "press r to resume"),
+    ("interrupted", "INTERRUPTED at step 40: resume with x", 3, 1, "press r to resume"),
+    ("stale_lock", "STALE LOCK (PID 9 is not running): kssm unlock results/stage1", 1, 1, "press u to clear"),
+    ("active", "TRAINING ACTIVE: PID 5, step 3/100; watch: kssm status results/stage1 --watch", 1, 1,
+     "TRAINING ACTIVE: PID 5, step 3/100"),
+    ("failed", "FAILED TO START (corpus not found): check --corpus", 1, 1, "FAILED TO START"),
+])
+def test_the_key_is_named_only_when_it_does_what_the_advice_says(code, text, shown, current, expect):
+    out = next_step(code, text, shown, current, readonly=False)
+    assert out.startswith(expect)
+    if code == "active":
+        assert "watch:" not in out
+
+
+def test_read_only_names_no_key():
+    for code in ("all_clear", "crashed", "stale_lock"):
+        assert next_step(code, "advice", 1, None, readonly=True) == "advice"
+
+
+def test_current_stage_is_the_running_one_else_the_newest_started():
+    assert current_stage({1: "not started", 2: "not started"}) is None
+    assert current_stage({1: "passed", 2: "crashed", 3: "not started"}) == 2
+    assert current_stage({1: "passed", 2: "running", 3: "failed"}) == 2
