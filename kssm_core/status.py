@@ -451,7 +451,7 @@ def run_status(run_dir: str | Path, criteria: Criteria | None = None, history: R
 
 
 # ---- the one recommendation -----------------------------------------------------------------------------
-def _dur(seconds: float | None) -> str:
+def format_duration(seconds: float | None) -> str:
     if seconds is None:
         return "unknown"
     s = int(seconds)
@@ -476,7 +476,7 @@ def recommend(s: RunStatus, history: RunHistory) -> Recommendation:
             return Recommendation("stalled", f"STALLED at step {step}: {stalled.message}; look at {d}/trainer.out"
                                   + (f", then stop it: {cmd}" if cmd else ""), cmd)
         where = f"step {step}/{s.target}" if s.target else f"step {step}"
-        rate = f", {s.steps_per_s:.2f} steps/s, ETA {_dur(s.eta_s)}" if s.steps_per_s else ""
+        rate = f", {s.steps_per_s:.2f} steps/s, ETA {format_duration(s.eta_s)}" if s.steps_per_s else ""
         return Recommendation("active", f"TRAINING ACTIVE: PID {s.pid}, {where}{rate}; watch: kssm status {d} --watch",
                               playbook.shlex.join(["kssm", "status", d, "--watch"]))
     if s.lock == "foreign":

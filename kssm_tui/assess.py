@@ -110,7 +110,11 @@ def recommendation(run_dir: Path, history: RunHistory, fallback: str) -> tuple[s
     text = getattr(rec, "text", rec)
     if not isinstance(text, str) or not text:
         return None, fallback
-    return getattr(rec, "code", None), text
+    code = getattr(rec, "code", None)
+    if code == "active":  # the state line already says running, the step and the PID: add the pace
+        rate, eta = getattr(st, "steps_per_s", None), getattr(st, "eta_s", None)
+        text = f"{rate:.2f} steps/s, ETA {status.format_duration(eta)}" if rate else "training (pace not known yet)"
+    return code, text
 
 
 def current_stage(states: dict[int, str]) -> int | None:
@@ -134,8 +138,6 @@ def next_step(code: str | None, text: str, shown: int | None, current: int | Non
         return f"press r to resume from the newest checkpoint ({text})"
     if code == "stale_lock":
         return f"press u to clear the stale lock ({text})"
-    if code == "active":
-        return text.split("; watch:")[0]  # the cockpit is the watch
     on_current = shown is not None and (current is None or shown == current)
     if code == "all_clear" and on_current and current is None:
         return f"press n to start Stage {shown} ({text})"

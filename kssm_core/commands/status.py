@@ -96,14 +96,14 @@ def _nothing_message(paths) -> str:
 
 def format_status(s) -> str:
     """Plain text, one fact per line; untrusted strings are stripped of control characters."""
-    from ..status import _dur
+    from ..status import format_duration
 
     c = _clean
     lines = []
     where = f"step {s.step if s.step is not None else '-'}/{s.target if s.target is not None else '?'}"
     if s.step is not None and s.target:
         where += f" ({s.step / s.target:.0%})"
-    rate = f"  {s.steps_per_s:.2f} steps/s  ETA {_dur(s.eta_s)}" if s.steps_per_s else ""
+    rate = f"  {s.steps_per_s:.2f} steps/s  ETA {format_duration(s.eta_s)}" if s.steps_per_s else ""
     lines.append(f"{c(s.run_dir)}  stage {s.stage} ({s.stage_name})  {s.state.upper()}  {where}{rate}")
     proc = f"{s.process}" + (f" (PID {s.pid})" if s.pid else "")
     if s.memory.get("process_rss_bytes"):
