@@ -1,109 +1,52 @@
 """The runbook verdicts the dashboard needs, from kssm_core.matrix / status / alerts.
 
-Those modules are built alongside the cockpit; until one is importable this module falls
-back to a deliberately minimal judgement of its own (FALLBACK below: Stage 1's "loss
-descending" only, every other row pending) so the cockpit still runs. Called only from
-worker threads.
+Thin wrappers that turn an exception in the runbook engine into a readable row or line instead of a
+dead cockpit (a damaged log can always surprise it), plus the cockpit's own phrasing: the run state
+of the stage plan and the next step with the key that does it. Called only from worker threads.
 """
 
 from __future__ import annotations
 
-import importlib
-import math
 from pathlib import Path
 from typing import Any
 
+from kssm_core import alerts as core_alerts
+from kssm_core import matrix
+from kssm_core import status as core_status
 from kssm_core.history import RunHistory
 from kssm_core.verdicts import Action, MatrixRow, StageAssessment, Verdict
 
 
-def _optional(name: str):
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        return None
-
-
-# ---- FALLBACK (used only while kssm_core.matrix is missing) ---------------------------------------
-def _fallback_rows(history: RunHistory, stage: int) -> list[MatrixRow]:
-    rows: list[MatrixRow] = []
-    if stage == 1:
-        losses = [v for v in history.steps.values("loss") if not math.isnan(v)]
-        if len(losses) < 4:
-            rows.append(MatrixRow(1, "Loss", Verdict.PENDING, "not enough steps yet"))
-        else:
-            q = max(1, len(losses) // 4)
-            first, last = sum(losses[:q]) / q, sum(losses[-q:]) / q
-            if last < first * 0.98:
-                rows.append(MatrixRow(1, "Loss", Verdict.HEALTHY, f"loss {first:.3f} -> {last:.3f}: descending"))
-            elif last <= first * 1.02:
-                rows.append(MatrixRow(1, "Loss", Verdict.WARNING, f"loss {first:.3f} -> {last:.3f}: flat"))
-            else:
-                rows.append(MatrixRow(1, "Loss", Verdict.FAILURE, f"loss {first:.3f} -> {last:.3f}: increasing"))
-    else:
-        rows.append(MatrixRow(stage, "(matrix)", Verdict.PENDING, "runbook engine not installed (fallback)"))
-    return rows
-
-
-def _fallback_assess(history: RunHistory, stage: int) -> StageAssessment:
-    rows = _fallback_rows(history, stage)
-    worst = max(rows, key=lambda r: r.verdict.rank).verdict
-    if history.run_end is None:
-        action = Action.WAIT
-    else:
-        action = {Verdict.HEALTHY: Action.PROCEED, Verdict.WARNING: Action.INVESTIGATE,
-                  Verdict.FAILURE: Action.STOP}.get(worst, Action.WAIT)
-    return StageAssessment(stage, rows, worst, action, f"Stage {stage}: {worst.value.upper()} (fallback judgement)")
-# ---- end FALLBACK ---------------------------------------------------------------------------------
-
-
-def _call(fn, *args, run_dir=None):
-    """Pass run_dir (remedies then name the real folder) when the engine's function accepts it."""
-    try:
-        return fn(*args, run_dir=run_dir)
-    except TypeError:
-        return fn(*args)
+def _engine_error(exc: Exception) -> str:
+    return f"runbook engine error: {type(exc).__name__}: {exc}"[:200]
 
 
 def infer_stage(history: RunHistory, run_dir: Path) -> int:
-    matrix = _optional("kssm_core.matrix")
-    if matrix is not None and hasattr(matrix, "infer_stage"):
-        try:
-            return int(matrix.infer_stage(history, run_dir))
-        except Exception:
-            pass
-    return 1
+    try:
+        return int(matrix.infer_stage(history, run_dir))
+    except Exception:
+        return 1
 
 
 def assess_stage(history: RunHistory, stage: int, run_dir: Path | None = None) -> StageAssessment:
-    matrix = _optional("kssm_core.matrix")
-    if matrix is not None:
-        try:
-            return _call(matrix.assess_stage, history, stage, run_dir=run_dir)
-        except Exception as exc:  # a bug there must not take the cockpit down
-            a = _fallback_assess(history, stage)
-            a.summary = f"runbook engine error: {type(exc).__name__}: {exc}"[:200]
-            return a
-    return _fallback_assess(history, stage)
+    try:
+        return matrix.assess_stage(history, stage, run_dir=run_dir)
+    except Exception as exc:  # a bug there must not take the cockpit down
+        row = MatrixRow(stage, "(matrix)", Verdict.PENDING, _engine_error(exc))
+        return StageAssessment(stage, [row], Verdict.PENDING, Action.WAIT, _engine_error(exc))
 
 
 def full_matrix(history: RunHistory, stage: int | None, run_dir: Path | None = None) -> list[MatrixRow]:
-    matrix = _optional("kssm_core.matrix")
-    if matrix is not None:
-        try:
-            return list(_call(matrix.full_matrix, history, stage or 1, run_dir=run_dir))
-        except Exception:
-            pass
-    return _fallback_rows(history, stage or 1)
+    try:
+        return list(matrix.full_matrix(history, stage or 1, run_dir=run_dir))
+    except Exception as exc:
+        return [MatrixRow(stage or 1, "(matrix)", Verdict.PENDING, _engine_error(exc))]
 
 
 def recommendation(run_dir: Path, history: RunHistory, fallback: str) -> tuple[str | None, str]:
     """(code, one-line next step) from kssm_core.status; (None, fallback) when it cannot say."""
-    status = _optional("kssm_core.status")
-    if status is None:
-        return None, fallback
     try:
-        st = status.run_status(run_dir, history=history)
+        st = core_status.run_status(run_dir, history=history)
     except Exception:
         return None, fallback
     rec = getattr(st, "recommendation", None)
@@ -113,7 +56,7 @@ def recommendation(run_dir: Path, history: RunHistory, fallback: str) -> tuple[s
     code = getattr(rec, "code", None)
     if code == "active":  # the state line already says running, the step and the PID: add the pace
         rate, eta = getattr(st, "steps_per_s", None), getattr(st, "eta_s", None)
-        text = f"{rate:.2f} steps/s, ETA {status.format_duration(eta)}" if rate else "training (pace not known yet)"
+        text = f"{rate:.2f} steps/s, ETA {core_status.format_duration(eta)}" if rate else "training (pace not known yet)"
     return code, text
 
 
@@ -147,15 +90,12 @@ def next_step(code: str | None, text: str, shown: int | None, current: int | Non
 
 
 def alerts(history: RunHistory, run_dir: Path, lock: str) -> list[Any]:
-    """Alerts beyond the matrix from kssm_core.alerts (metrics, stall), or [] while it is missing.
+    """Alerts beyond the matrix from kssm_core.alerts (metrics, stall); [] if the engine fails.
 
     Crashes are shown from the run state, disk and memory from the watch: only metric and stall alerts here.
     """
-    mod = _optional("kssm_core.alerts")
-    if mod is None or not hasattr(mod, "compute_alerts"):
-        return []
     try:
-        found = mod.compute_alerts(history, lock=lock, run_dir=run_dir)
+        found = core_alerts.compute_alerts(history, lock=lock, run_dir=run_dir)
     except Exception:
         return []
     return [a for a in found if getattr(a, "code", "") != "crashed"]

@@ -2,7 +2,7 @@
 
 Why a session-wide cache: building the embedded corpus's BPE takes about a second; every test
 that trains points --data-dir at the same prebuilt cache instead of rebuilding it.
-The helpers live in kssm_testkit.py; they are re-exported here for tests that import them from conftest.
+The helpers live in kssm_testkit.py (tests import them from there, not from this file).
 """
 
 from __future__ import annotations
@@ -11,10 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kssm_testkit import (  # noqa: F401  (re-exported)
-    REPO, TINY_ARGS, child_env, evil_checkpoint, kssm_cmd, read_events, run_kssm, sigkill, start_kssm,
-    tiny_config, train_args, wait_for_event,
-)
+from kssm_testkit import run_kssm, train_args
 
 
 @pytest.fixture(scope="session")
