@@ -73,6 +73,12 @@ def zone_of(r: float, c: Criteria = DEFAULT) -> int:
     return bisect_right(c.r_zone_edges, r)
 
 
+def zone_bands(c: Criteria = DEFAULT) -> list[tuple[float, float, str]]:
+    """(low, high, name) of each R zone from 0 to 1: what the cockpit's R chart shades."""
+    edges = [0.0, *c.r_zone_edges, 1.0]
+    return [(lo, hi, name) for lo, hi, name in zip(edges, edges[1:], ZONE_NAMES)]
+
+
 def zones_visited(r_values, c: Criteria = DEFAULT) -> list[str]:
     """Zones with at least zone_min_readings readings (one noisy reading is not a visit), in R order."""
     zones = np.searchsorted(np.asarray(c.r_zone_edges, dtype=np.float64), _finite(r_values), side="right")

@@ -32,6 +32,7 @@ from .dialogs.confirm import ConfirmDialog
 from .messages import FactsSampled, RunChanged, RunView, StageInfo, StagesChanged, TrainerExited, WorkerTrouble
 from .screens.dashboard import CHARTS, Dashboard
 from .screens.help import HelpScreen
+from .safe_text import clean
 from .tail import Monitor, monitor_loop
 from .watch import WatchTarget, watch_loop
 
@@ -121,7 +122,7 @@ class KssmApp(App):
             live = ctl.live_stage(self.runs_root)
             self.monitor.selected = live or self._newest_started() or 1
             if live:
-                self.notify(f"attached to the live trainer of Stage {live}", timeout=4)
+                self.say(f"attached to the live trainer of Stage {live}", timeout=4)
         self._set_title()
         self.run_worker(self._tail_body, thread=True, group="tail", name="tail", exit_on_error=False)
         if self.watch_enabled:
@@ -143,7 +144,7 @@ class KssmApp(App):
     def _set_title(self) -> None:
         t = Text()
         t.append(" kssm-tui ", style="bold reverse")
-        t.append(f" {self.runs_root}" if self.attach is None else f" attached: {self.attach}")
+        t.append(clean(f" {self.runs_root}" if self.attach is None else f" attached: {self.attach}"))
         if self.readonly:
             t.append("  [READ-ONLY]", style="bold yellow")
         if self.view is not None and self.view.lock_state == "live":
@@ -157,6 +158,10 @@ class KssmApp(App):
 
     def shown_dir(self) -> Path:
         return self.monitor.shown_folder()[0]
+
+    def say(self, text: str, **kw) -> None:
+        """A toast. Its text carries paths, lock fields and error messages: plain text, never markup."""
+        self.notify(clean(text), markup=False, **kw)
 
     # ---- messages from workers --------------------------------------------------------------------
     def _dash_gone(self) -> bool:
@@ -202,7 +207,7 @@ class KssmApp(App):
                 pass
 
     def on_worker_trouble(self, msg: WorkerTrouble) -> None:
-        self.notify(msg.text, severity="error", timeout=10)
+        self.say(msg.text, severity="error", timeout=10)
 
     def on_worker_state_changed(self, event) -> None:
         """A worker that died anyway (a bug) is reported, not silently lost."""
@@ -210,12 +215,12 @@ class KssmApp(App):
 
         if event.state == WorkerState.ERROR:
             err = event.worker.error
-            self.notify(f"{event.worker.name} worker stopped: {type(err).__name__}: {err}", severity="error",
+            self.say(f"{event.worker.name} worker stopped: {type(err).__name__}: {err}", severity="error",
                         timeout=15)
 
     def on_trainer_exited(self, msg: TrainerExited) -> None:
         severity = "information" if msg.kind == "completed" else ("warning" if msg.kind == "interrupted" else "error")
-        self.notify(msg.detail.splitlines()[0] if msg.detail else msg.kind, severity=severity, timeout=8)
+        self.say(msg.detail or msg.kind, severity=severity, timeout=8)
         self.monitor.force.set()
 
     def _merge_facts(self) -> None:
@@ -227,10 +232,7 @@ class KssmApp(App):
         facts.setdefault("mem_total_bytes", None)
         facts.setdefault("cpu_percent", None)
         facts["gpu_mem_bytes"] = v.gpu_mem_bytes if v else None
-        needed = None
-        if v and v.checkpoint_bytes and v.remaining_saves is not None:
-            needed = v.checkpoint_bytes * min(v.remaining_saves, 4)  # kept periodic ones + a milestone, at most
-        facts["disk_needed_bytes"] = needed
+        facts["disk_needed_bytes"] = v.disk_needed_bytes if v else None
         age = None
         if self.watch_enabled and v and v.state == "running" and v.last_heartbeat_t is not None:
             age = max(0.0, time.time() - v.last_heartbeat_t)  # wall clock: left out of snapshot tests
@@ -265,20 +267,14 @@ class KssmApp(App):
         if done is None:
             return
         spawned, rc = done
-        kind = ctl.classify_exit(rc)
-        detail = ctl.describe_exit(rc)
-        if kind == "crashed" or kind == "refused":
-            tail = ctl.tail_text(spawned.run_dir / ctl.TRAINER_OUT, max_lines=6)
-            detail = f"{detail}\n{tail}" if tail else detail
-        self.post_message(TrainerExited(spawned.run_dir, rc, kind, detail))
+        # One line: the run panel shows trainer.out's tail for a crash (read by the tail worker, not here).
+        self.post_message(TrainerExited(spawned.run_dir, rc, ctl.classify_exit(rc), ctl.describe_exit(rc)))
 
     # ---- key handling -----------------------------------------------------------------------------
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if isinstance(self.screen, ModalScreen) and action in {k.action for k in KEYS} | {"select"}:
             return False  # the dialog owns the keyboard
         if self.readonly and action in MUTATING:
-            return False
-        if action == "eval" and not self._eval_available():
             return False
         return True
 
@@ -289,12 +285,6 @@ class KssmApp(App):
                 continue
             yield SystemCommand(k.label, k.help, getattr(self, f"action_{k.action}"))
 
-    @staticmethod
-    def _eval_available() -> bool:
-        import importlib.util
-
-        return importlib.util.find_spec("kssm_core.commands.eval") is not None
-
     def _current_stage(self) -> int | None:
         """The stage in progress: a running one, else the newest started one."""
         return assess.current_stage({n: s.state for n, s in self.stages.items()})
@@ -303,9 +293,9 @@ class KssmApp(App):
         try:
             child = self.controller.spawn(command, run_dir)
         except OSError as exc:
-            self.notify(f"could not start the trainer: {exc}", severity="error")
+            self.say(f"could not start the trainer: {exc}", severity="error")
             return
-        self.notify(f"{what}: trainer PID {child.proc.pid}, output in {run_dir / ctl.TRAINER_OUT}", timeout=5)
+        self.say(f"{what}: trainer PID {child.proc.pid}, output in {run_dir / ctl.TRAINER_OUT}", timeout=5)
         self.monitor.force.set()
 
     def _start_stage(self, number: int) -> None:
@@ -316,10 +306,10 @@ class KssmApp(App):
 
     def action_next_stage(self) -> None:
         if self.controller.child_alive() or any(s.state == "running" for s in self.stages.values()):
-            self.notify("a trainer is already running: stop it (s) or wait", severity="warning")
+            self.say("a trainer is already running: stop it (s) or wait", severity="warning")
             return
         if not self.stages:
-            self.notify("still reading the run folders; try again in a moment", severity="warning")
+            self.say("still reading the run folders; try again in a moment", severity="warning")
             return
         cur = self._current_stage()
         if cur is None:
@@ -330,10 +320,10 @@ class KssmApp(App):
             self._start_stage(cur)
             return
         if info.state in ("crashed", "interrupted", "stale lock"):
-            self.notify(f"Stage {cur} is {info.state}: press r to resume it first", severity="warning")
+            self.say(f"Stage {cur} is {info.state}: press r to resume it first", severity="warning")
             return
         if cur >= 5:
-            self.notify(f"Stage 5 is the last stage ({info.state}): run the evaluation suite (e)")
+            self.say(f"Stage 5 is the last stage ({info.state}): run the evaluation suite (e)")
             return
         nxt = min(cur + 1, 5)
         if info.state == "passed":
@@ -353,22 +343,24 @@ class KssmApp(App):
         info = read_lock(run_dir)
         state, why = lock_state(info)
         if state in ("live", "foreign") or self.controller.child_alive():
-            self.notify(f"not resuming: {why}", severity="warning")
+            self.say(f"not resuming: {why}", severity="warning")
             return
         if not (run_dir / "events.jsonl").exists() and not any(run_dir.glob("checkpoint_*.pt")):
-            self.notify(f"nothing to resume in {run_dir}: press n to start a stage", severity="warning")
+            self.say(f"nothing to resume in {run_dir}: press n to start a stage", severity="warning")
             return
         v = self.view if self.view is not None and self.view.run_dir == run_dir else None
-        if v is not None and (v.state in ("passed", "completed", "warning")
-                              or (v.state == "failed" and "decision matrix" in v.state_reason)):
-            self.notify(f"{run_dir.name} finished ({v.state}): nothing to resume; press n for the next stage",
-                        severity="warning")
+        if v is not None and v.end_status == "completed":
+            self.say(f"{run_dir.name} finished ({v.state}): nothing to resume; press n for the next stage",
+                     severity="warning")
+            return
+        if v is not None and v.end_reason == "nan_loss":  # the same settings would diverge again
+            self.say(f"not resuming: the loss went NaN; {v.recommendation}", severity="warning", timeout=10)
             return
         if state == "stale":
             try:
                 unlock(run_dir)  # provably stale (its process is gone): no second prompt
             except LockHeld as exc:
-                self.notify(str(exc), severity="error")
+                self.say(str(exc), severity="error")
                 return
         target = self.view.max_steps if self.view and self.view.run_dir == run_dir else None
         if target is None and self.monitor.shown_folder()[1]:
@@ -379,12 +371,12 @@ class KssmApp(App):
         run_dir = self.shown_dir()
         pid = self.controller.trainer_pid(run_dir)
         if pid is None:
-            self.notify(f"no live trainer in {run_dir}", severity="warning")
+            self.say(f"no live trainer in {run_dir}", severity="warning")
             return
 
         def done(ok: bool | None) -> None:
             if ok:
-                self.notify(self.controller.stop(run_dir))
+                self.say(self.controller.stop(run_dir, expected_pid=pid))  # not whoever holds it by now
 
         self.push_screen(ConfirmDialog(
             "Stop the trainer?",
@@ -395,9 +387,9 @@ class KssmApp(App):
     def action_unlock(self) -> None:
         run_dir = self.shown_dir()
         try:
-            self.notify(unlock(run_dir))
+            self.say(unlock(run_dir))
         except LockHeld as exc:
-            self.notify(str(exc), severity="error", timeout=6)
+            self.say(str(exc), severity="error", timeout=6)
         self.monitor.force.set()
 
     def action_clean(self) -> None:
@@ -410,37 +402,47 @@ class KssmApp(App):
         run_dir = self.shown_dir()
         try:
             plan = plan_clean(run_dir)
-        except CheckpointError as exc:
-            self.call_from_thread(self.notify, str(exc), severity="error")
-            return
-        self.call_from_thread(self._ask_clean, run_dir, plan)
-
-    def _ask_clean(self, run_dir: Path, plan) -> None:
-        if not plan.delete:
-            self.notify(f"nothing to clean in {run_dir}")
+        except (CheckpointError, OSError) as exc:
+            self.call_from_thread(self.say, f"cannot plan a clean of {run_dir}: {exc}", severity="error")
             return
         live = lock_state(read_lock(run_dir))[0] == "live"
+        if get_current_worker().is_cancelled:  # `c` pressed again meanwhile: that worker asks instead
+            return
+        self.call_from_thread(self._ask_clean, run_dir, plan, live)
+
+    def _ask_clean(self, run_dir: Path, plan, live: bool) -> None:
+        if not plan.delete:
+            self.say(f"nothing to clean in {run_dir}")
+            return
 
         def done(ok: bool | None) -> None:
             if ok:
-                from kssm_core.checkpoint import execute_clean
-
-                freed = execute_clean(plan)
-                self.notify(f"freed {freed / 1e6:.1f} MB in {run_dir}")
+                self.run_worker(lambda: self._execute_clean(run_dir, plan), thread=True, group="clean",
+                                exit_on_error=False)
 
         self.push_screen(CleanDialog(run_dir, plan, live), done)
+
+    def _execute_clean(self, run_dir: Path, plan) -> None:
+        """Thread: deleting multi-GB files can take seconds on a network file system."""
+        from kssm_core.checkpoint import execute_clean
+
+        freed, problems = execute_clean(plan)
+        text = f"freed {freed / 1e6:.1f} MB in {run_dir}"
+        if problems:
+            text += f"; could not delete {len(problems)}: " + "; ".join(problems)
+        self.call_from_thread(self.say, text, severity="warning" if problems else "information")
 
     def action_eval(self) -> None:
         run_dir = self.shown_dir()
         if not (run_dir / "best_model.pt").is_file():
-            self.notify(f"no best_model.pt in {run_dir} yet", severity="warning")
+            self.say(f"no best_model.pt in {run_dir} yet", severity="warning")
             return
         try:
             self.controller.launch(ctl.eval_command(run_dir), run_dir, "eval.out")
         except OSError as exc:
-            self.notify(f"could not start the evaluation: {exc}", severity="error")
+            self.say(f"could not start the evaluation: {exc}", severity="error")
             return
-        self.notify(f"evaluation started: output in {run_dir / 'eval.out'}, results in {run_dir / 'eval'}")
+        self.say(f"evaluation started: output in {run_dir / 'eval.out'}, results in {run_dir / 'eval'}")
 
     def action_toggle_log(self) -> None:
         self.log_y = not self.log_y
@@ -468,7 +470,7 @@ class KssmApp(App):
 
     def action_show_attached(self) -> None:
         if self.attach is None:
-            self.notify("no --attach folder: keys 1-5 pick a stage", timeout=4)
+            self.say("no --attach folder: keys 1-5 pick a stage", timeout=4)
             return
         self.monitor.selected = None  # the Monitor shows the attached folder when no stage is selected
         self.monitor.force.set()

@@ -69,11 +69,13 @@ def current_stage(states: dict[int, str]) -> int | None:
     return max(started) if started else None
 
 
-def next_step(code: str | None, text: str, shown: int | None, current: int | None, readonly: bool) -> str:
+def next_step(code: str | None, text: str, shown: int | None, current: int | None, readonly: bool,
+              passed: bool = False) -> str:
     """kssm status's advice as the cockpit gives it: the key that does it first, the command after.
 
     Keys act on the shown run (r, u) or start the stage after the current one (n), so n is named only
-    when the shown run is that current stage (or nothing has started). Read-only: the CLI text as is.
+    when the shown run is that current stage (or nothing has started). `passed`: the shown stage passed
+    its matrix (so n starts the next one without asking). Read-only: the CLI text as is.
     """
     if readonly or code is None:
         return text
@@ -84,7 +86,7 @@ def next_step(code: str | None, text: str, shown: int | None, current: int | Non
     on_current = shown is not None and (current is None or shown == current)
     if code == "all_clear" and on_current and current is None:
         return f"press n to start Stage {shown} ({text})"
-    if code == "completed" and on_current and "ALL CLEAR: safe to start stage" in text and shown < 5:
+    if code == "completed" and on_current and passed and shown < 5:
         return f"press n to start Stage {shown + 1} ({text})"
     return text
 
@@ -99,6 +101,14 @@ def alerts(history: RunHistory, run_dir: Path, lock: str) -> list[Any]:
     except Exception:
         return []
     return [a for a in found if getattr(a, "code", "") != "crashed"]
+
+
+def checkpoint_need(history: RunHistory) -> int | None:
+    """Bytes the rest of the run's checkpoints need on disk; None when unknown (or the engine fails)."""
+    try:
+        return core_alerts.checkpoint_need(history).bytes_needed
+    except Exception:
+        return None
 
 
 def run_state(history: RunHistory, has_events: bool, lock: str, verdict: Verdict | None) -> tuple[str, str]:

@@ -22,7 +22,7 @@ from kssm_core.lock import lock_state, read_lock
 
 TRAINER_OUT = "trainer.out"
 EXTRA_ARGS_ENV = "KSSM_TUI_TRAIN_ARGS"  # extra `kssm train` flags for every spawned trainer (tests, tiny runs)
-EXIT_KINDS = {0: "completed", 130: "interrupted", 2: "refused"}
+EXIT_KINDS = {0: "completed", 1: "failed", 130: "interrupted", 2: "refused"}  # kssm train's exit codes
 
 
 def stage_dir(runs_root: Path, number: int) -> Path:
@@ -55,7 +55,8 @@ def eval_command(run_dir: Path) -> list[str]:
 
 
 def classify_exit(returncode: int) -> str:
-    """completed (0), interrupted (130), refused (2), killed (by a signal: negative), crashed (anything else)."""
+    """completed (0), failed (1: NaN loss, bad data; it wrote run_end), interrupted (130), refused (2),
+    killed (by a signal: negative), crashed (anything else, e.g. an uncaught exception)."""
     if returncode < 0:
         return "killed"
     return EXIT_KINDS.get(returncode, "crashed")
@@ -74,6 +75,7 @@ def describe_exit(returncode: int) -> str:
         "completed": "trainer completed (exit 0)",
         "interrupted": "trainer stopped: it saved a checkpoint and exited (130); press r to resume",
         "refused": "trainer refused to start (exit 2): see trainer.out",
+        "failed": "trainer failed (exit 1): the run panel says why and what to change",
     }.get(kind, f"trainer crashed (exit {returncode}); press r to resume")
 
 
@@ -137,7 +139,7 @@ class TrainerController:
         return proc
 
     def reap_others(self) -> None:
-        """Collect exited evaluation processes so they do not linger as zombies."""
+        """Collect exited processes we launched (evaluations, and trainers once reaped) so none lingers as a zombie."""
         self._others = [p for p in self._others if p.poll() is None]
 
     def child_alive(self) -> bool:
@@ -164,11 +166,16 @@ class TrainerController:
             return self.child.proc.pid
         return None
 
-    def stop(self, run_dir: Path) -> str:
-        """SIGTERM the trainer: it finishes the step, saves, and exits 130. Returns one line."""
+    def stop(self, run_dir: Path, expected_pid: int | None = None) -> str:
+        """SIGTERM the trainer: it finishes the step, saves, and exits 130. Returns one line.
+
+        expected_pid: the PID the user confirmed; if the folder's trainer is another one now, nothing is sent.
+        """
         pid = self.trainer_pid(run_dir)
         if pid is None:
             return f"no live trainer in {run_dir}: nothing to stop"
+        if expected_pid is not None and pid != expected_pid:
+            return f"not stopping: the trainer in {run_dir} is now PID {pid}, not PID {expected_pid} as confirmed"
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:

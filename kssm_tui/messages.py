@@ -65,12 +65,13 @@ class RunView:
     lock_pid: int | None
     gpu_mem_bytes: float | None
     last_heartbeat_t: float | None
-    checkpoint_bytes: int | None
-    remaining_saves: int | None
+    disk_needed_bytes: int | None  # for the checkpoints still to come (kssm_core.alerts.checkpoint_need)
     new_entries: list[tuple[str, str]]
     replace_log: bool  # the log was reset (another run, or the file was replaced)
     alerts: list[Any] = field(default_factory=list)  # kssm_core.verdicts.Alert
     trainer_out_tail: str = ""
+    end_status: str | None = None  # the newest run_end's status (completed / interrupted / failed), None while running
+    end_reason: str | None = None  # and its reason (e.g. nan_loss, max_steps reached)
 
 
 class StagesChanged(Message):
@@ -107,8 +108,8 @@ class TrainerExited(Message):
         super().__init__()
         self.run_dir = run_dir
         self.returncode = returncode
-        self.kind = kind  # completed / interrupted / killed / crashed / refused
-        self.detail = detail  # one line, or the tail of trainer.out for a crash
+        self.kind = kind  # completed / failed / interrupted / killed / crashed / refused
+        self.detail = detail  # one line (controller.describe_exit)
 
 
 class WorkerTrouble(Message):

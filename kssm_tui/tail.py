@@ -20,13 +20,17 @@ from typing import Callable
 
 from kssm_core.config import STAGES
 from kssm_core.history import RunHistory, as_step
+from kssm_core.legacy import has_legacy_log, read_legacy
 from kssm_core.lock import lock_state, read_lock
+from kssm_core.matrix import zone_bands
 from kssm_core.runlog import EventLogReader
+from kssm_core.status import EventsFollower
 from kssm_core.verdicts import Verdict
 
 from . import assess
 from .controller import TRAINER_OUT, tail_text
 from .messages import ChartSpec, RunChanged, RunView, StageInfo, StagesChanged, WorkerTrouble
+from .safe_text import clean
 
 MAX_POINTS = 400  # chart points per series: enough for a terminal, bounded on week-long runs
 MAX_ENTRIES = 200  # event-log entries kept for a newly selected run
@@ -39,15 +43,10 @@ PREVIEW_TAIL_BYTES = 4 * 1024 * 1024
 PREVIEW_HEAD_BYTES = 256 * 1024
 HEAVY_EVERY_S = 3.0
 PAINT_WAIT_S = 1.0  # at most this long for the App to paint a catch-up view before reading on  # a live run's matrix, advice and alerts are recomputed at most this often
-R_BANDS = [(0.0, 0.10, "Unformed"), (0.10, 0.30, "Intimacy"), (0.30, 0.50, "Balance"), (0.50, 0.70, "Mystery"),
-           (0.70, 0.85, "Wonder"), (0.85, 0.95, "Passion"), (0.95, 1.0, "Ache")]
+R_BANDS = zone_bands()  # the spec's R zones, from the runbook criteria (one place for the edges)
 
 
 def _clean(text: str) -> str:
-    try:
-        from .safe_text import clean
-    except ImportError:  # safe_text arrives with the widgets; strip control characters meanwhile
-        return "".join(ch if ch.isprintable() else " " for ch in str(text))
     return clean(str(text))
 
 
@@ -128,10 +127,6 @@ class RunFollower:
 
     def _try_cache(self) -> None:
         self._cache_tried = True
-        try:
-            from kssm_core.status import EventsFollower
-        except ImportError:
-            return
         ef = EventsFollower(self.reader.path)
         if ef.load_cached():
             self.reader, self.history = ef.reader, ef.history
@@ -146,19 +141,11 @@ class RunFollower:
         if not self.cache_due():
             return
         self._read_since_cache = 0
-        try:
-            from kssm_core.status import EventsFollower
-        except ImportError:
-            return
         ef = EventsFollower(self.reader.path)
         ef.reader, ef.history = self.reader, self.history
         ef.save_cache()
 
     def _poll_legacy(self) -> bool:
-        try:
-            from kssm_core.legacy import has_legacy_log, read_legacy
-        except ImportError:
-            return False
         if not has_legacy_log(self.run_dir):
             return False
         st = (self.run_dir / "training.log").stat()
@@ -232,11 +219,6 @@ def preview_history(path: Path) -> RunHistory:
     return h
 
 
-def _save_interval(h: RunHistory) -> int | None:
-    v = as_step(h.config.get("save_interval"))
-    return v or None
-
-
 def build_view(f: RunFollower, stage: int | None, lock: tuple[str, str, int | None], assessment, state: tuple[str, str],
                fresh: bool, partial: bool = False, reuse: RunView | None = None,
                hints: tuple[int | None, bool] = (None, True)) -> RunView:
@@ -257,7 +239,7 @@ def build_view(f: RunFollower, stage: int | None, lock: tuple[str, str, int | No
     charts = {
         "loss": ChartSpec("Loss", [ser(s, "loss", "total"), ser(s, "ce", "CE")], y_label="loss"),
         "ppl": ChartSpec("Val PPL", [ser(e, "val_ppl", "val PPL")], y_label="PPL", log_ok=True),
-        "R": ChartSpec("R (phase coherence)", [ser(s, "R")], bands=[(lo, hi, n) for lo, hi, n in R_BANDS], y_label="R"),
+        "R": ChartSpec("R (phase coherence)", [ser(s, "R")], bands=list(R_BANDS), y_label="R"),
         "u": ChartSpec("u_val", [ser(s, "u_val")], hlines=[(float(u_min), "clamp floor"), (float(u_max), "clamp ceiling")],
                        y_label="u"),
         "grad": ChartSpec("Grad norm", [ser(s, "grad_norm", "grad norm")], y_label="norm", log_ok=True),
@@ -266,12 +248,7 @@ def build_view(f: RunFollower, stage: int | None, lock: tuple[str, str, int | No
     sparks["val_ppl"] = downsample(e.steps, e.cols["val_ppl"], 60)[1]
     hb = h.last_heartbeat or {}
     hb_t = hb.get("t") if isinstance(hb.get("t"), (int, float)) else None
-    ckpts = [c for c in h.checkpoints.values() if not c.get("best") and isinstance(c.get("bytes"), int)]
-    ckpt_bytes = max((c["bytes"] for c in ckpts), default=None)
-    remaining = None
-    si = _save_interval(h)
-    if si and h.max_steps is not None:
-        remaining = max(0, math.ceil((h.max_steps - (h.last_step or 0)) / si))
+    need = assess.checkpoint_need(h)  # the same rule as kssm status's disk alert
     tail = tail_text(f.run_dir / TRAINER_OUT) if state[0] in ("crashed", "failed") else ""
     # A partial view (a long log still being read) skips the matrix: verdicts on half a history would mislead.
     # `reuse`: a live run's matrix and advice are refreshed every few seconds, not on every step event.
@@ -282,8 +259,10 @@ def build_view(f: RunFollower, stage: int | None, lock: tuple[str, str, int | No
     else:
         rows = assess.full_matrix(h, stage, f.run_dir)
         code, rec = assess.recommendation(f.run_dir, h, state[1])
-        rec = assess.next_step(code, rec, stage, *hints)
+        passed = assessment is not None and assessment.verdict == Verdict.HEALTHY
+        rec = assess.next_step(code, rec, stage, *hints, passed=passed)
         alerts = assess.alerts(h, f.run_dir, lock[0])
+    end = h.run_end or {}
     replace = fresh or f.reset_pending
     f.reset_pending = False
     entries = f.take_entries()
@@ -292,9 +271,14 @@ def build_view(f: RunFollower, stage: int | None, lock: tuple[str, str, int | No
         max_steps=h.max_steps, events=h.events, bad_lines=f.reader.stats.bad_lines, resets=f.reader.stats.resets,
         charts=charts, sparks=sparks, matrix_rows=rows, assessment=assessment, recommendation=rec,
         lock_state=lock[0], lock_pid=lock[2], gpu_mem_bytes=h.steps.last("gpu_mem_bytes"), last_heartbeat_t=hb_t,
-        checkpoint_bytes=ckpt_bytes, remaining_saves=remaining, new_entries=entries, replace_log=replace,
+        disk_needed_bytes=need, new_entries=entries, replace_log=replace,
         alerts=alerts, trainer_out_tail=_clean_block(tail),
+        end_status=_text_or_none(end.get("status")), end_reason=_text_or_none(end.get("reason")),
     )
+
+
+def _text_or_none(v) -> str | None:
+    return v if isinstance(v, str) else None
 
 
 def _clean_block(text: str) -> str:
@@ -509,10 +493,16 @@ def monitor_loop(post: Callable, monitor: Monitor, interval: float, cancelled: C
                 monitor.painted.wait(PAINT_WAIT_S)
                 monitor.painted.clear()
             continue
-        if view is not None and monitor.save_due():  # storing the cache (~0.2 s for 1M events) waits for the paint
-            monitor.painted.wait(PAINT_WAIT_S)
-            monitor.painted.clear()
-        monitor.after_post()
+        try:
+            if view is not None and monitor.save_due():  # storing the cache (~0.2 s for 1M events) waits for the paint
+                monitor.painted.wait(PAINT_WAIT_S)
+                monitor.painted.clear()
+            monitor.after_post()
+        except Exception as exc:  # housekeeping (the status cache) is best effort: the tailing goes on
+            text = f"saving the history cache failed: {type(exc).__name__}: {exc}"
+            if text != last_error:
+                post(WorkerTrouble(text))
+                last_error = text
         # Sleep in short slices so cancellation and forced refreshes are noticed quickly.
         while not cancelled() and time.monotonic() - started < interval and not monitor.force.is_set():
             time.sleep(0.1)

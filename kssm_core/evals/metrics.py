@@ -10,13 +10,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..matrix import zone_bands
 from ..model import KSSM
 
 PPL_CAP_CE = 20.0  # val perplexity = exp(min(CE, 20)), as the trainer reports it
 
-R_ZONES = (  # (lower bound, name): KSSM_SPEC.md section 3
-    (0.95, "Ache"), (0.85, "Passion"), (0.70, "Wonder"), (0.50, "Mystery"), (0.30, "Balance"),
-    (0.10, "Intimacy"), (float("-inf"), "Unformed"),
+R_ZONES = tuple(  # (lower bound, name), highest first: KSSM_SPEC.md section 3, edges from the runbook criteria
+    (float("-inf") if i == 0 else lo, name) for i, (lo, _hi, name) in reversed(list(enumerate(zone_bands())))
 )
 
 

@@ -14,15 +14,13 @@ from textual.widgets import Footer, Static, TabbedContent, TabPane
 
 from ..messages import RunView, StageInfo
 from ..safe_text import clean
-from .placeholders import load
-
-MetricChart = load("chart", "MetricChart")
-SparklineStrip = load("sparklines", "SparklineStrip")
-MatrixPanel = load("matrix_panel", "MatrixPanel")
-StagePlan = load("stage_plan", "StagePlan")
-ResourcePanel = load("resources", "ResourcePanel")
-EventLog = load("event_log", "EventLog")
-AlertBanner = load("alert_banner", "AlertBanner")
+from ..widgets.alert_banner import AlertBanner
+from ..widgets.chart import MetricChart
+from ..widgets.event_log import EventLog
+from ..widgets.matrix_panel import MatrixPanel
+from ..widgets.resources import ResourcePanel
+from ..widgets.sparklines import SparklineStrip
+from ..widgets.stage_plan import StagePlan
 
 CHARTS = (("loss", "Loss"), ("ppl", "Val PPL"), ("R", "R"), ("u", "u_val"), ("grad", "Grad"))
 STATE_STYLE = {"running": "bold cyan", "passed": "bold green", "completed": "green", "warning": "bold yellow",
@@ -79,9 +77,7 @@ class Dashboard(Screen):
 
     def show_view(self, view: RunView, log_y: bool, smoothing: bool) -> None:
         if view.replace_log:
-            log = self.query_one("#events")
-            if hasattr(log, "clear"):
-                log.clear()
+            self.query_one("#events", EventLog).clear()
         if view.new_entries:
             self.query_one("#events").add_entries(view.new_entries)
         self.show_charts(view, log_y, smoothing)

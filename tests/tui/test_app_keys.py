@@ -442,3 +442,37 @@ async def test_r_on_a_finished_run_and_n_after_stage_5_do_nothing(runs):
         await pilot.press("r")
         await pilot.pause(0.2)
         assert spawned == [] and "last stage" in notes(app) and "nothing to resume" in notes(app)
+
+
+@sync
+async def test_toasts_show_paths_and_lock_fields_literally_never_as_markup(tmp_path):
+    # Brackets in a folder name and a hostile host field in a lock reach notify(): parsed as markup, the first
+    # raised MarkupError (the cockpit died) and the second became a clickable action.
+    root = tmp_path / "runs[lr=3e-4]"
+    d = stage_path(root, 1)
+    d.mkdir(parents=True)
+    (d / "training.lock").write_text(json.dumps({"pid": 4242, "host": "[@click=app.quit]x", "start_time": 1.0}))
+    app, _ = make_app(root)
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await ready(pilot)
+        await pilot.press("u")  # refuses the lock from "another host" and says so in a toast
+        await until(pilot, lambda: any("[@click=app.quit]x" in str(n.message) for n in app._notifications))
+        await pilot.press("2", "u")  # no lock there: "no lock in runs[lr=3e-4]/stage2: nothing to do"
+        await until(pilot, lambda: any("runs[lr=3e-4]" in str(n.message) for n in app._notifications))
+        await pilot.pause(0.3)  # the toasts are drawn
+        assert app.is_running and (d / "training.lock").exists()
+
+
+@sync
+async def test_r_after_a_nan_loss_refuses_and_gives_the_lower_learning_rate_command(runs):
+    d = write_run(stage_path(runs, 2), 2, 500, loss0=7.0, loss1=5.5, ppl=400.0, r=0.2, u=1.5, every=10, end=None)
+    with open(d / "events.jsonl", "a") as fh:
+        fh.write(json.dumps({"event": "run_end", "t": 3e9, "status": "failed", "reason": "nan_loss", "step": 500}) + "\n")
+    app, spawned = make_app(runs)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await until(pilot, lambda: app.view.end_reason == "nan_loss")
+        await pilot.press("r")
+        await until(pilot, lambda: any("loss went NaN" in str(n.message) for n in app._notifications))
+        assert not spawned
+        assert any("--learning-rate" in str(n.message) for n in app._notifications)

@@ -50,8 +50,8 @@ def _wait_output(path: Path, needle: str, timeout: float = 10) -> str:
     raise AssertionError(f"{needle!r} never appeared in {path}")
 
 
-@pytest.mark.parametrize("rc,kind", [(0, "completed"), (130, "interrupted"), (2, "refused"), (1, "crashed"),
-                                     (-9, "killed"), (-15, "killed")])
+@pytest.mark.parametrize("rc,kind", [(0, "completed"), (130, "interrupted"), (2, "refused"), (1, "failed"),
+                                     (3, "crashed"), (-9, "killed"), (-15, "killed")])
 def test_classify_exit(rc, kind):
     assert ctl.classify_exit(rc) == kind
 
@@ -59,6 +59,7 @@ def test_classify_exit(rc, kind):
 def test_describe_kill_names_the_signal():
     assert "SIGKILL" in ctl.describe_exit(-9) and "out of memory" in ctl.describe_exit(-9)
     assert "exit 3" in ctl.describe_exit(3)
+    assert "failed (exit 1)" in ctl.describe_exit(1) and "resume" not in ctl.describe_exit(1)
 
 
 def test_stage_command_chains_best_model_and_extra_args(tmp_path, monkeypatch):
@@ -98,7 +99,7 @@ def test_spawn_is_detached_and_reaped_once(tmp_path):
 
 def test_crash_exit_code_and_output_tail(tmp_path):
     c = ctl.TrainerController(tmp_path)
-    _spawn(c, tmp_path / "run", sleep=0, code=1)
+    _spawn(c, tmp_path / "run", sleep=0, code=3)
     spawned, rc = _wait_exit(c)
     assert ctl.classify_exit(rc) == "crashed"
     assert "oops" in ctl.tail_text(spawned.run_dir / ctl.TRAINER_OUT)
@@ -137,3 +138,28 @@ def test_tail_text_last_lines_and_missing(tmp_path):
     p.write_text("".join(f"line {i}\n" for i in range(100)))
     assert ctl.tail_text(p, max_lines=3) == "line 97\nline 98\nline 99"
     assert ctl.tail_text(tmp_path / "missing") == ""
+
+
+def test_stop_sends_nothing_when_the_folder_now_holds_another_trainer(tmp_path):
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    from kssm_core.lock import process_start_time
+
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        run = tmp_path / "run"
+        run.mkdir()
+        (run / "training.lock").write_text(json.dumps({"pid": other.pid, "host": socket.gethostname(),
+                                                       "start_time": process_start_time(other.pid)}))
+        c = ctl.TrainerController(tmp_path)
+        msg = c.stop(run, expected_pid=other.pid + 100000)  # the user confirmed another PID
+        assert "not stopping" in msg and other.poll() is None  # still running: no signal sent
+        assert "sent SIGTERM" in c.stop(run, expected_pid=other.pid)
+        assert other.wait(10) == -15
+    finally:
+        if other.poll() is None:
+            other.kill()
+            other.wait()

@@ -21,7 +21,12 @@ PASSED = "COMPLETED stage 2 (healthy): ALL CLEAR: safe to start stage 3: kssm tr
     ("failed", "FAILED TO START (corpus not found): check --corpus", 1, 1, "FAILED TO START"),
 ])
 def test_the_key_is_named_only_when_it_does_what_the_advice_says(code, text, shown, current, expect):
-    assert next_step(code, text, shown, current, readonly=False).startswith(expect)
+    assert next_step(code, text, shown, current, readonly=False, passed=True).startswith(expect)
+
+
+def test_n_is_not_offered_for_a_completed_stage_that_did_not_pass():
+    warned = "COMPLETED stage 2, which has warnings (Stage 2: WARNING ...): kssm train ..."
+    assert next_step("completed", warned, 2, 2, readonly=False, passed=False) == warned
 
 
 def test_read_only_names_no_key():
