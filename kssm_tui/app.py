@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from rich.text import Text
 from textual.app import App, SystemCommand
@@ -104,6 +106,7 @@ class KssmApp(App):
         self.facts: dict = {}
         self._watch_target = WatchTarget(self.runs_root, None)
         self._failures_seen: dict[Path, set] = {}
+        self._control = threading.Lock()  # see _in_thread
 
     def get_css_variables(self) -> dict[str, str]:
         return {**super().get_css_variables(), **ascii_chrome.css_variables()}
@@ -289,19 +292,36 @@ class KssmApp(App):
         """The stage in progress: a running one, else the newest started one."""
         return assess.current_stage({n: s.state for n, s in self.stages.items()})
 
+    def _in_thread(self, job: Callable[[], None]) -> None:
+        """Lock files, process spawns and signals run in a thread worker: the event loop never waits on them.
+        One job at a time, in key order, so each sees what the previous one did (e.g. n pressed twice)."""
+        def serial() -> None:
+            with self._control:
+                job()
+
+        self.run_worker(serial, thread=True, group="control", exit_on_error=False)
+
+    def _say_from_thread(self, text: str, **kw) -> None:
+        self.call_from_thread(self.say, text, **kw)
+
     def _spawn(self, command: list[str], run_dir: Path, what: str) -> None:
+        """Thread: start the trainer and say so."""
+        if self.controller.child_alive():
+            self._say_from_thread("a trainer is already running: stop it (s) or wait", severity="warning")
+            return
         try:
             child = self.controller.spawn(command, run_dir)
         except OSError as exc:
-            self.say(f"could not start the trainer: {exc}", severity="error")
+            self._say_from_thread(f"could not start the trainer: {exc}", severity="error")
             return
-        self.say(f"{what}: trainer PID {child.proc.pid}, output in {run_dir / ctl.TRAINER_OUT}", timeout=5)
+        self._say_from_thread(f"{what}: trainer PID {child.proc.pid}, output in {run_dir / ctl.TRAINER_OUT}",
+                              timeout=5)
         self.monitor.force.set()
 
     def _start_stage(self, number: int) -> None:
         self.monitor.selected = number
-        self._spawn(ctl.stage_command(self.runs_root, number), ctl.stage_dir(self.runs_root, number),
-                    f"Stage {number} started")
+        command, run_dir = ctl.stage_command(self.runs_root, number), ctl.stage_dir(self.runs_root, number)
+        self._in_thread(lambda: self._spawn(command, run_dir, f"Stage {number} started"))
         self.dash.show_stages(self.stages, number, number)
 
     def action_next_stage(self) -> None:
@@ -340,14 +360,6 @@ class KssmApp(App):
 
     def action_resume(self) -> None:
         run_dir = self.shown_dir()
-        info = read_lock(run_dir)
-        state, why = lock_state(info)
-        if state in ("live", "foreign") or self.controller.child_alive():
-            self.say(f"not resuming: {why}", severity="warning")
-            return
-        if not (run_dir / "events.jsonl").exists() and not any(run_dir.glob("checkpoint_*.pt")):
-            self.say(f"nothing to resume in {run_dir}: press n to start a stage", severity="warning")
-            return
         v = self.view if self.view is not None and self.view.run_dir == run_dir else None
         if v is not None and v.end_status == "completed":
             self.say(f"{run_dir.name} finished ({v.state}): nothing to resume; press n for the next stage",
@@ -356,29 +368,44 @@ class KssmApp(App):
         if v is not None and v.end_reason == "nan_loss":  # the same settings would diverge again
             self.say(f"not resuming: the loss went NaN; {v.recommendation}", severity="warning", timeout=10)
             return
-        if state == "stale":
-            try:
-                unlock(run_dir)  # provably stale (its process is gone): no second prompt
-            except LockHeld as exc:
-                self.say(str(exc), severity="error")
-                return
-        target = self.view.max_steps if self.view and self.view.run_dir == run_dir else None
+        target = v.max_steps if v is not None else None
         if target is None and self.monitor.shown_folder()[1]:
             target = stage_of(self.monitor.shown_folder()[1]).steps
+        self._in_thread(lambda: self._resume(run_dir, target))
+
+    def _resume(self, run_dir: Path, target: int | None) -> None:
+        """Thread: clear a provably stale lock (no second prompt), then `kssm train --resume`."""
+        state, why = lock_state(read_lock(run_dir))
+        if state in ("live", "foreign") or self.controller.child_alive():
+            self._say_from_thread(f"not resuming: {why}", severity="warning")
+            return
+        if not (run_dir / "events.jsonl").exists() and not any(run_dir.glob("checkpoint_*.pt")):
+            self._say_from_thread(f"nothing to resume in {run_dir}: press n to start a stage", severity="warning")
+            return
+        if state == "stale":
+            try:
+                unlock(run_dir)
+            except LockHeld as exc:
+                self._say_from_thread(str(exc), severity="error")
+                return
         self._spawn(ctl.resume_command(run_dir, target), run_dir, f"resuming {run_dir.name}")
 
     def action_stop(self) -> None:
         run_dir = self.shown_dir()
+        self._in_thread(lambda: self._ask_stop(run_dir))
+
+    def _ask_stop(self, run_dir: Path) -> None:
+        """Thread: find the trainer's PID, then ask on the event loop; the SIGTERM goes from a thread again."""
         pid = self.controller.trainer_pid(run_dir)
         if pid is None:
-            self.say(f"no live trainer in {run_dir}", severity="warning")
+            self._say_from_thread(f"no live trainer in {run_dir}", severity="warning")
             return
 
         def done(ok: bool | None) -> None:
-            if ok:
-                self.say(self.controller.stop(run_dir, expected_pid=pid))  # not whoever holds it by now
+            if ok:  # to the PID confirmed, not whoever holds the folder by now
+                self._in_thread(lambda: self._say_from_thread(self.controller.stop(run_dir, expected_pid=pid)))
 
-        self.push_screen(ConfirmDialog(
+        self.call_from_thread(self.push_screen, ConfirmDialog(
             "Stop the trainer?",
             [f"Send SIGTERM to trainer PID {pid} in {run_dir}.",
              "It finishes the current step, saves a checkpoint and exits (130).", "Resume later with r."],
@@ -386,11 +413,15 @@ class KssmApp(App):
 
     def action_unlock(self) -> None:
         run_dir = self.shown_dir()
-        try:
-            self.say(unlock(run_dir))
-        except LockHeld as exc:
-            self.say(str(exc), severity="error", timeout=6)
-        self.monitor.force.set()
+
+        def job() -> None:
+            try:
+                self._say_from_thread(unlock(run_dir))
+            except LockHeld as exc:
+                self._say_from_thread(str(exc), severity="error", timeout=6)
+            self.monitor.force.set()
+
+        self._in_thread(job)
 
     def action_clean(self) -> None:
         self.run_worker(self._plan_clean, thread=True, group="clean", exclusive=True, exit_on_error=False)
@@ -434,15 +465,19 @@ class KssmApp(App):
 
     def action_eval(self) -> None:
         run_dir = self.shown_dir()
+        self._in_thread(lambda: self._eval(run_dir))
+
+    def _eval(self, run_dir: Path) -> None:
+        """Thread: start `kssm eval all` on the run's best model."""
         if not (run_dir / "best_model.pt").is_file():
-            self.say(f"no best_model.pt in {run_dir} yet", severity="warning")
+            self._say_from_thread(f"no best_model.pt in {run_dir} yet", severity="warning")
             return
         try:
             self.controller.launch(ctl.eval_command(run_dir), run_dir, "eval.out")
         except OSError as exc:
-            self.say(f"could not start the evaluation: {exc}", severity="error")
+            self._say_from_thread(f"could not start the evaluation: {exc}", severity="error")
             return
-        self.say(f"evaluation started: output in {run_dir / 'eval.out'}, results in {run_dir / 'eval'}")
+        self._say_from_thread(f"evaluation started: output in {run_dir / 'eval.out'}, results in {run_dir / 'eval'}")
 
     def action_toggle_log(self) -> None:
         self.log_y = not self.log_y

@@ -476,3 +476,29 @@ async def test_r_after_a_nan_loss_refuses_and_gives_the_lower_learning_rate_comm
         await until(pilot, lambda: any("loss went NaN" in str(n.message) for n in app._notifications))
         assert not spawned
         assert any("--learning-rate" in str(n.message) for n in app._notifications)
+
+
+@sync
+async def test_n_pressed_twice_quickly_starts_one_trainer(runs):
+    app, spawned = make_app(runs)
+    real_fake = app.controller.spawn
+
+    def slow_child(command, run_dir):  # a trainer that lives a while (the default stand-in exits at once)
+        child = real_fake(command, run_dir)
+        child.proc.wait()
+        child.proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(20)"])
+        return child
+
+    app.controller.spawn = slow_child
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await ready(pilot)
+            await pilot.press("n", "n")
+            await until(pilot, lambda: spawned)
+            await pilot.pause(0.5)
+            assert len(spawned) == 1
+            assert any("already running" in str(n.message) for n in app._notifications)
+    finally:
+        if app.controller.child is not None:
+            app.controller.child.proc.kill()
+            app.controller.child.proc.wait()
