@@ -41,8 +41,8 @@ CATCH_UP_BUDGET_S = 1.5
 PREVIEW_MIN_BYTES = 32 * 1024 * 1024  # a log at least this big is previewed from its ends first
 PREVIEW_TAIL_BYTES = 4 * 1024 * 1024
 PREVIEW_HEAD_BYTES = 256 * 1024
-HEAVY_EVERY_S = 3.0
-PAINT_WAIT_S = 1.0  # at most this long for the App to paint a catch-up view before reading on  # a live run's matrix, advice and alerts are recomputed at most this often
+HEAVY_EVERY_S = 3.0  # a live run's matrix, advice and alerts are recomputed at most this often
+PAINT_WAIT_S = 1.0  # at most this long for the App to paint a catch-up view before reading on
 R_BANDS = zone_bands()  # the spec's R zones, from the runbook criteria (one place for the edges)
 
 
@@ -292,6 +292,7 @@ class Monitor:
         self.runs_root = Path(runs_root)
         self.folders: dict[int, Path] = {s.number: self.runs_root / s.output_dir for s in STAGES}
         self.followers: dict[Path, RunFollower] = {}
+        self._followers_lock = threading.Lock()
         self.attach = Path(attach) if attach else None
         self.selected: int | None = None  # set by the App (an int assignment: safe across threads)
         self._shown: tuple | None = None  # (folder, version, lock, selected) of the last view posted
@@ -311,10 +312,11 @@ class Monitor:
         self._heavy_at = 0.0
 
     def follower(self, folder: Path) -> RunFollower:
-        f = self.followers.get(folder)
-        if f is None:
-            f = self.followers[folder] = RunFollower(folder)
-        return f
+        with self._followers_lock:  # the App's thread may ask for the shown folder's follower too
+            f = self.followers.get(folder)
+            if f is None:
+                f = self.followers[folder] = RunFollower(folder)
+            return f
 
     def _assess(self, f: RunFollower, stage: int, live: bool = False):
         """The stage assessment, cached per history version (and for a few seconds while the run is live)."""
@@ -462,11 +464,11 @@ class Monitor:
         return state, why, info.pid if info else None
 
     def save_due(self) -> bool:
-        return any(f.cache_due() for f in self.followers.values())
+        return any(f.cache_due() for f in list(self.followers.values()))
 
     def after_post(self) -> None:
         """Slow housekeeping once the views are out: store the history cache of big catch-ups."""
-        for f in self.followers.values():
+        for f in list(self.followers.values()):  # a copy: the App's thread may add one meanwhile
             f.save_cache()
 
 
