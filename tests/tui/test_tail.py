@@ -11,7 +11,9 @@ from pathlib import Path
 
 from kssm_core.lock import process_start_time
 from kssm_tui.messages import RunChanged, StagesChanged
-from kssm_tui.tail import Monitor, RunFollower, downsample, entry_for, monitor_loop
+from kssm_tui.follower import RunFollower, entry_for
+from kssm_tui.tail import Monitor, monitor_loop
+from kssm_tui.views import downsample
 from runfolders import stage_path, write_run
 
 
@@ -125,11 +127,12 @@ def test_monitor_loop_posts_and_stops_when_cancelled(tmp_path):
 
 
 def test_long_log_is_previewed_from_its_ends_then_read_whole(tmp_path, monkeypatch):
+    import kssm_tui.follower as follower
     import kssm_tui.tail as tail
 
     monkeypatch.setenv("KSSM_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(tail, "PREVIEW_MIN_BYTES", 20_000)
-    monkeypatch.setattr(tail, "PREVIEW_TAIL_BYTES", 8_000)
+    monkeypatch.setattr(follower, "PREVIEW_TAIL_BYTES", 8_000)
     monkeypatch.setattr(tail, "READ_SLICE_BYTES", 30_000)
     monkeypatch.setattr(tail, "CATCH_UP_BUDGET_S", 0.0)
     root = tmp_path / "results"

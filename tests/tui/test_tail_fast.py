@@ -10,7 +10,8 @@ import time
 from kssm_core.history import RunHistory
 from kssm_core.runlog import EventLogReader
 from kssm_tui.messages import RunChanged
-from kssm_tui.tail import Monitor, RunFollower, monitor_loop, preview_history
+from kssm_tui.follower import RunFollower, preview_history
+from kssm_tui.tail import Monitor, monitor_loop
 from runfolders import stage_path, write_run
 
 
@@ -60,10 +61,10 @@ def test_the_follower_folds_what_the_plain_reader_folds(tmp_path, monkeypatch):
 
 
 def test_the_preview_reads_both_ends(tmp_path, monkeypatch):
-    import kssm_tui.tail as tail
+    import kssm_tui.follower as follower
 
-    monkeypatch.setattr(tail, "PREVIEW_HEAD_BYTES", 4_000)
-    monkeypatch.setattr(tail, "PREVIEW_TAIL_BYTES", 8_000)
+    monkeypatch.setattr(follower, "PREVIEW_HEAD_BYTES", 4_000)
+    monkeypatch.setattr(follower, "PREVIEW_TAIL_BYTES", 8_000)
     d = stage_path(tmp_path / "results", 1)
     write_run(d, 1, 3000, every=1)
     h = preview_history(d / "events.jsonl")
