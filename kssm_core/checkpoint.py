@@ -13,7 +13,7 @@ import os
 import re
 import shutil
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,10 @@ from .atomic import atomic_write, write_all
 CHECKPOINT_FORMAT = "kssm-checkpoint/1"
 CHECKPOINT_RE = re.compile(r"^checkpoint_(\d+)\.pt$")
 BEST_NAME = "best_model.pt"
-# Temp files of atomic_save (kssm_core.atomic names them): a SIGKILL mid-save leaves one behind.
-TEMP_RE = re.compile(r"^\.(checkpoint_\d+\.pt|best_model\.pt)\..+\.tmp$")
+# Temp files of atomic writes (kssm_core.atomic names them): a SIGKILL mid-save leaves one behind.
+TEMP_RE = re.compile(r"^\.(checkpoint_\d+\.pt|best_model\.pt|config\.json)\..+\.tmp$")
+# What --resume needs from a checkpoint (a weights-only file, e.g. one exported for evaluation, lacks most).
+RESUME_KEYS = ("step", "config", "model_config", "model_state", "optimizer_state", "scheduler_state", "data_state")
 
 
 class CheckpointError(Exception):
@@ -111,11 +113,15 @@ def _why(text: str, exc: Exception) -> str:
     return type(exc).__name__
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load with weights_only=True. Any failure becomes one CheckpointError line."""
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
+    """Load with weights_only=True. Any failure becomes one CheckpointError line.
+
+    mmap=True maps the tensors' storage instead of reading it: checking that a multi-GB file loads then
+    costs little memory (a truncated file still fails: its zip directory, at the end, is missing).
+    """
     path = Path(path)
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        obj = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except FileNotFoundError as exc:
         raise CheckpointError(f"{path}: no such file") from exc
     except Exception as exc:  # torch raises many kinds for a damaged or hostile file
@@ -152,13 +158,20 @@ class FoundCheckpoint:
     skipped: list[str]  # one line per newer checkpoint that did not load
 
 
-def newest_loadable(run_dir: str | Path, map_location: str | torch.device = "cpu") -> FoundCheckpoint | None:
+def newest_loadable(
+    run_dir: str | Path, map_location: str | torch.device = "cpu", required: tuple[str, ...] = ()
+) -> FoundCheckpoint | None:
+    """The newest checkpoint that loads and holds every key in `required`; newer ones are listed in skipped."""
     skipped: list[str] = []
     for step, path in checkpoint_files(run_dir):
         try:
             state = load_checkpoint(path, map_location)
         except CheckpointError as exc:
             skipped.append(str(exc))
+            continue
+        missing = [k for k in required if k not in state]
+        if missing:
+            skipped.append(f"{path}: cannot resume from it: it lacks {', '.join(missing)}")
             continue
         return FoundCheckpoint(step, path, state, skipped)
     if skipped:
@@ -186,6 +199,8 @@ def prune(run_dir: str | Path, keep: int, protected_steps: frozenset[int]) -> li
 class CleanPlan:
     delete: list[tuple[Path, int]]  # (path, bytes)
     keep: list[tuple[Path, str]]  # (path, why it stays)
+    # (st_dev, st_ino, st_size) of each file in delete, as planned: execute_clean deletes only that very file
+    identity: dict[Path, tuple[int, int, int]] = field(default_factory=dict)
 
     @property
     def bytes_freed(self) -> int:
@@ -209,15 +224,19 @@ def plan_clean(run_dir: str | Path, keep: int = 1) -> CleanPlan:
     keep_list: list[tuple[Path, str]] = []
     for _, path in files:
         try:
-            load_checkpoint(path)
+            load_checkpoint(path, mmap=True)  # mapped, not read: a multi-GB checkpoint costs little memory
         except CheckpointError:
             continue
         newest_ok = path
         break
     delete: list[tuple[Path, int]] = []
+    identity: dict[Path, tuple[int, int, int]] = {}
     kept_count = 0
     for step, path in files:
-        st = os.lstat(path)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:  # a live trainer's prune() removed it since the listing
+            continue
         if not stat.S_ISREG(st.st_mode) or path.resolve().parent != real_root:
             keep_list.append((path, "not a regular file inside the run folder"))
             continue
@@ -230,19 +249,38 @@ def plan_clean(run_dir: str | Path, keep: int = 1) -> CleanPlan:
             keep_list.append((path, f"among the newest {keep}"))
             continue
         delete.append((path, st.st_size))
+        identity[path] = (st.st_dev, st.st_ino, st.st_size)
     if (root / BEST_NAME).exists():
         keep_list.append((root / BEST_NAME, "best model: never cleaned"))
-    return CleanPlan(delete, keep_list)
+    return CleanPlan(delete, keep_list, identity)
 
 
-def execute_clean(plan: CleanPlan) -> int:
+def execute_clean(plan: CleanPlan) -> tuple[int, list[str]]:
+    """Delete the planned files. Returns (bytes freed, problems: one line "NAME: why" per file left in place).
+
+    A file is deleted only if it is still the very regular file that was planned (same inode and size):
+    one replaced since (e.g. rewritten by a resumed trainer) stays. A file already gone is no problem.
+    """
     freed = 0
+    problems: list[str] = []
     for path, size in plan.delete:
-        if path.is_symlink():
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            problems.append(f"{path.name}: {exc.strerror or exc}")
+            continue
+        planned = plan.identity.get(path)
+        if not stat.S_ISREG(st.st_mode) or (planned is not None and planned != (st.st_dev, st.st_ino, st.st_size)):
+            problems.append(f"{path.name}: changed since it was listed; not deleted")
             continue
         try:
             path.unlink()
-            freed += size
         except FileNotFoundError:
-            pass
-    return freed
+            continue
+        except OSError as exc:  # EACCES, EROFS, EBUSY...: say so and go on with the others
+            problems.append(f"{path.name}: {exc.strerror or exc}")
+            continue
+        freed += size
+    return freed, problems

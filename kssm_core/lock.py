@@ -5,7 +5,11 @@ The lock is JSON {pid, host, start_time, created}. It is created complete or not
 A lock is *stale* only when provably so: its host is this host and its PID is gone, or the
 PID now belongs to a process with another start time (the PID was reused). A lock from
 another host is never called stale. The reference trainer's lock held only a PID; those read
-as this host with no start time.
+as this host with no start time, and their PID counts as reused when its process started after the
+lock file was last written (its mtime).
+
+A `training.lock` that cannot be read as a small regular file (a directory, a FIFO, a symlink, no
+permission) is never judged stale: nothing takes it over or removes it; a person must look at it.
 
 Taking over a stale lock (and `unlock`) happens under an flock on the run folder itself, and only
 if the lock is still the very stale one judged: two trainers started at once on a crashed run
@@ -15,9 +19,11 @@ cannot both take it over, and an unlock cannot remove a lock a new trainer just 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import socket
+import stat
 import tempfile
 import time
 from dataclasses import dataclass
@@ -27,6 +33,7 @@ import psutil
 
 LOCK_NAME = "training.lock"
 START_TIME_TOLERANCE_S = 1.0
+MAX_LOCK_BYTES = 64 * 1024  # a real lock is ~100 bytes: anything larger is not one
 
 
 class LockHeld(Exception):
@@ -40,6 +47,8 @@ class LockInfo:
     start_time: float | None
     created: float | None
     raw: str
+    unreadable: str | None = None  # why the file could not be read as a lock (then nothing else is known)
+    mtime: float | None = None  # when the lock file was last written (judges PID reuse without start_time)
 
     @property
     def describe(self) -> str:
@@ -53,12 +62,50 @@ def process_start_time(pid: int) -> float | None:
         return None
 
 
+def _read_small_regular_file(path: Path) -> tuple[bytes, float]:
+    """The bytes and mtime of a regular file; never follows a symlink or blocks on a FIFO.
+
+    Raises FileNotFoundError when there is no file, and ValueError(reason) when the path is not a
+    regular file of at most MAX_LOCK_BYTES, or OSError for anything the kernel refuses.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symlink
+            raise ValueError("it is a symlink") from exc
+        raise
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise ValueError("it is a directory")
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError("not a regular file")
+        if st.st_size > MAX_LOCK_BYTES:
+            raise ValueError(f"{st.st_size} bytes, a lock is under {MAX_LOCK_BYTES}")
+        chunks, left = [], MAX_LOCK_BYTES
+        while left > 0:
+            chunk = os.read(fd, left)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks), st.st_mtime
+    finally:
+        os.close(fd)
+
+
 def read_lock(run_dir: str | Path) -> LockInfo | None:
+    """The lock in run_dir, None when there is none. Never raises for a damaged lock; never blocks."""
     path = Path(run_dir) / LOCK_NAME
     try:
-        raw = path.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
+        data, mtime = _read_small_regular_file(path)
+    except (FileNotFoundError, NotADirectoryError):  # no lock (or run_dir is not a folder: no lock in it)
         return None
+    except ValueError as exc:
+        return LockInfo(None, None, None, None, "", unreadable=str(exc))
+    except OSError as exc:
+        return LockInfo(None, None, None, None, "", unreadable=exc.strerror or type(exc).__name__)
+    raw = data.decode("utf-8", errors="replace")
     text = raw.strip()
     try:
         obj = json.loads(text)
@@ -72,16 +119,19 @@ def read_lock(run_dir: str | Path) -> LockInfo | None:
             obj.get("start_time") if isinstance(obj.get("start_time"), (int, float)) else None,
             obj.get("created") if isinstance(obj.get("created"), (int, float)) else None,
             raw,
+            mtime=mtime,
         )
     if isinstance(obj, int) or text.isdigit():  # legacy: the bare PID
-        return LockInfo(int(text), None, None, None, raw)
-    return LockInfo(None, None, None, None, raw)
+        return LockInfo(int(text), None, None, None, raw, mtime=mtime)
+    return LockInfo(None, None, None, None, raw, mtime=mtime)
 
 
 def lock_state(info: LockInfo | None) -> tuple[str, str]:
     """('none' | 'live' | 'stale' | 'foreign', one-line reason)."""
     if info is None:
         return "none", "no lock"
+    if info.unreadable is not None:  # never "stale": nothing may take it over or remove it unseen
+        return "foreign", f"{LOCK_NAME} unreadable ({info.unreadable}): check it by hand"
     if info.host not in (None, socket.gethostname()):
         return "foreign", f"held by PID {info.pid} on host {info.host}: cannot check it from here"
     if info.pid is None:
@@ -91,6 +141,10 @@ def lock_state(info: LockInfo | None) -> tuple[str, str]:
         return "stale", f"PID {info.pid} is not running"
     if info.start_time is not None and abs(started - info.start_time) > START_TIME_TOLERANCE_S:
         return "stale", f"PID {info.pid} was reused by another process (started {time.ctime(started)})"
+    if info.start_time is None and info.mtime is not None and started > info.mtime + START_TIME_TOLERANCE_S:
+        # a lock without start_time (legacy, or psutil failed): its writer ran before the file was written.
+        # create_time may read up to 1 s early (Linux boot time in whole seconds): that errs towards "live".
+        return "stale", f"PID {info.pid} was reused by another process (it started after the lock was written)"
     return "live", f"held by live PID {info.pid}"
 
 
@@ -138,6 +192,8 @@ class RunLock:
                 except FileExistsError:
                     info = read_lock(self.path.parent)
                     state, reason = lock_state(info)
+                    if info is not None and info.unreadable is not None:
+                        raise LockHeld(f"{self.path.parent}: {reason}")
                     if state in ("live", "foreign"):
                         raise LockHeld(
                             f"{self.path} {reason}; another trainer owns this folder "

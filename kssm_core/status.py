@@ -14,7 +14,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 
 from . import alerts as alerts_mod
 from . import legacy, playbook, system
+from .atomic import atomic_write_bytes
 from .config import stage as stage_info
 from .criteria import DEFAULT, Criteria
 from .history import RunHistory, as_step
@@ -242,15 +242,10 @@ class EventsFollower:
             state = self.reader.state()
             body = {"version": CACHE_VERSION, "path": str(self.path.resolve()), "reader": state,
                     "edges": _edges_hash(self.path, state["offset"]), "history": self.history.to_state()}
-            fd, tmp = tempfile.mkstemp(dir=cp.parent, prefix=".status-", suffix=".tmp")
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(body, fh, separators=(",", ":"), allow_nan=True)
-            os.replace(tmp, cp)
+            data = json.dumps(body, separators=(",", ":"), allow_nan=True).encode("utf-8")
+            atomic_write_bytes(cp, data, durable=False)  # a cache: losing it costs one full read
         except (OSError, ValueError, TypeError):
-            try:
-                os.unlink(tmp)  # type: ignore[possibly-undefined]
-            except (OSError, UnboundLocalError, NameError):
-                pass
+            pass
 
 
 # ---- building a status -------------------------------------------------------------------------------------

@@ -25,12 +25,13 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt
+from .atomic import atomic_write_bytes
 from .config import STAGE_TARGETS, ModelConfig, TrainConfig, model_config_for
 from .corpus import CorpusError, load_corpus
 from .data import BatchSampler, Tokenizer, prepare_tokens, val_batches
 from .distributed import SINGLE, Dist, NullEventWriter, NullTextLog, ShardSampler, rng_for_rank, split_batch
 from .events import STEP_HEADER, EventWriter, TextLog, format_step_line
-from .lock import LockHeld, RunLock
+from .lock import LOCK_NAME, LockHeld, RunLock
 from .model import KSSM
 from .precision import autocast, resolve_precision
 
@@ -148,6 +149,9 @@ class Trainer:
         except LockHeld as exc:
             self._say(str(exc))
             refused = True
+        except OSError as exc:  # e.g. a read-only run folder: no temp file for the lock
+            self._say(f"cannot create {self.out / LOCK_NAME}: {exc.strerror or exc}")
+            refused = True
         if not self.dist.agree(not refused):  # every rank refuses when rank 0 could not take the lock
             lock.release()
             return EXIT_REFUSED
@@ -205,7 +209,7 @@ class Trainer:
         cfg = self.requested
         found = None
         if cfg.resume:
-            found = ckpt.newest_loadable(self.out)
+            found = ckpt.newest_loadable(self.out, required=ckpt.RESUME_KEYS)
             for line in (found.skipped if found else []):
                 self._warn("checkpoint_skipped", line, "resuming from an older checkpoint")
             if found is not None and found.step < 0:
@@ -358,9 +362,8 @@ class Trainer:
 
     def _write_config_json(self, model_cfg: ModelConfig) -> None:
         body = {"train": self.cfg.to_dict(), "model": model_cfg.to_dict(), "data_dir": str(self.data.folder)}
-        tmp = self.out / ".config.json.tmp"
-        tmp.write_text(json.dumps(body, indent=2))
-        os.replace(tmp, self.out / "config.json")
+        # never fsynced before either: config.json is rewritten at every start
+        atomic_write_bytes(self.out / "config.json", json.dumps(body, indent=2).encode("utf-8"), durable=False)
 
     # ---- the loop --------------------------------------------------------------------------------
     def _loop(self, step: int) -> int:

@@ -1,4 +1,8 @@
-"""`kssm clean DIR`: delete old checkpoint_*.pt files, never best_model.pt or the newest loadable one."""
+"""`kssm clean DIR`: delete old checkpoint_*.pt files, never best_model.pt or the newest loadable one.
+
+Exit codes: 0 done (or nothing to do, or --dry-run); 1 nothing deleted (bad DIR, no --yes on a pipe,
+cancelled) or some files could not be deleted (one stderr line each: "kssm clean: NAME: why").
+"""
 
 from __future__ import annotations
 
@@ -44,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
         if input(f"delete these {len(plan.delete)} file(s){note}? [y/N] ").strip().lower() not in ("y", "yes"):
             print("cancelled: nothing deleted")
             return 1
-    freed = execute_clean(plan)
+    freed, problems = execute_clean(plan)
     print(f"freed {freed / 1e6:.1f} MB")
-    return 0
+    for line in problems:
+        print(f"kssm clean: {line}", file=sys.stderr)
+    return 1 if problems else 0

@@ -175,3 +175,66 @@ def test_a_file_that_is_not_a_checkpoint_reads_as_damaged_not_as_hostile(tmp_pat
     with pytest.raises(CheckpointError, match="unreadable: damaged, truncated or not a checkpoint") as err:
         load_checkpoint(path)
     assert "refused" not in str(err.value) and "Weights only" not in str(err.value)
+
+
+# ---- newest_loadable(required=...): a weights-only file is not a place to resume from ------------------------
+def test_newest_loadable_with_required_keys_skips_a_weights_only_file(tmp_path):
+    full = state(4) | {"optimizer_state": {}, "config": {}}
+    atomic_save(full, tmp_path / "checkpoint_4.pt")
+    atomic_save({"model_state": {"w": torch.zeros(4)}}, tmp_path / "checkpoint_8.pt")  # model_state only
+    found = newest_loadable(tmp_path, required=("model_state", "optimizer_state", "config"))
+    assert found.step == 4
+    assert len(found.skipped) == 1 and "checkpoint_8.pt" in found.skipped[0]
+    assert "lacks optimizer_state, config" in found.skipped[0]
+    assert newest_loadable(tmp_path).step == 8  # without required, any loadable checkpoint will do
+
+
+# ---- mmap=True: checking a checkpoint loads without reading every tensor ----------------------------------------
+def _mapped_file(address: int) -> str | None:
+    """The file behind the memory mapping that holds `address` (Linux /proc/self/maps), or None."""
+    try:
+        with open("/proc/self/maps") as fh:
+            lines = fh.readlines()
+    except OSError:
+        pytest.skip("needs /proc/self/maps")
+    for line in lines:
+        fields = line.split(maxsplit=5)
+        lo, hi = (int(x, 16) for x in fields[0].split("-"))
+        if lo <= address < hi:
+            return fields[5].strip() if len(fields) > 5 else None
+    return None
+
+
+def test_load_with_mmap_maps_the_tensors_and_still_refuses_a_truncated_file(tmp_path):
+    path = tmp_path / "checkpoint_1.pt"
+    atomic_save(state(1) | {"big": torch.arange(100_000, dtype=torch.float32)}, path)
+    loaded = load_checkpoint(path, mmap=True)
+    assert torch.equal(loaded["big"], torch.arange(100_000, dtype=torch.float32))
+    assert _mapped_file(loaded["big"].data_ptr()) == str(path)  # mapped from the file, not read into memory
+    assert _mapped_file(load_checkpoint(path)["big"].data_ptr()) != str(path)
+    data = path.read_bytes()
+    for cut in (len(data) // 2, len(data) - 100, 64):
+        path.write_bytes(data[:cut])
+        with pytest.raises(CheckpointError, match="unreadable"):
+            load_checkpoint(path, mmap=True)
+
+
+def test_mmap_load_still_refuses_pickled_objects(tmp_path):
+    path = tmp_path / "checkpoint_9.pt"
+    marker = tmp_path / "PWNED"
+    evil_checkpoint(path, marker)
+    with pytest.raises(CheckpointError, match="refused"):
+        load_checkpoint(path, mmap=True)
+    assert not marker.exists()
+    raw = tmp_path / "checkpoint_10.pt"
+    raw.write_bytes(pickle.dumps({"model_state": {}}, protocol=2))  # a bare pickle, not torch's zip format
+    with pytest.raises(CheckpointError):
+        load_checkpoint(raw, mmap=True)
+
+
+def test_remove_stale_temps_also_removes_a_killed_config_json_write(tmp_path):
+    # config.json is written through kssm_core.atomic too: a kill mid-write leaves .config.json.<random>.tmp
+    (tmp_path / ".config.json.x7q2.tmp").write_text("{")
+    (tmp_path / "config.json").write_text("{}")
+    assert [p.name for p in remove_stale_temps(tmp_path)] == [".config.json.x7q2.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]

@@ -115,3 +115,102 @@ def test_clean_through_a_symlinked_run_folder_deletes_nothing(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 1 and "symlink" in err
     assert names(real) == ["best_model.pt", "checkpoint_10.pt", "checkpoint_20.pt", "checkpoint_30.pt", "checkpoint_40.pt"]
+
+
+# ---- a file that cannot be deleted: the others still go, each failure is one line, the exit code says so -------
+def _refuse_unlink(monkeypatch, names, exc):
+    from pathlib import Path
+
+    real_unlink = Path.unlink
+
+    def unlink(self, missing_ok=False):
+        if self.name in names:
+            raise exc
+        return real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", unlink)  # as root, a read-only folder would not stop the unlink
+
+
+def test_execute_clean_reports_undeletable_files_and_goes_on(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from kssm_core.checkpoint import execute_clean
+
+    run = make_run(tmp_path / "run")
+    plan = plan_clean(run)
+    sizes = dict(plan.delete)
+    _refuse_unlink(monkeypatch, {"checkpoint_10.pt"}, PermissionError(errno.EACCES, os.strerror(errno.EACCES)))
+    freed, problems = execute_clean(plan)
+    assert problems == [f"checkpoint_10.pt: {os.strerror(errno.EACCES)}"]
+    assert freed == sizes[run / "checkpoint_20.pt"] + sizes[run / "checkpoint_30.pt"]
+    assert names(run) == ["best_model.pt", "checkpoint_10.pt", "checkpoint_40.pt"]
+
+
+def test_kssm_clean_exits_1_with_one_stderr_line_per_undeletable_file(tmp_path, capsys, monkeypatch):
+    import errno
+    import os
+
+    run = make_run(tmp_path / "run")
+    _refuse_unlink(monkeypatch, {"checkpoint_10.pt", "checkpoint_30.pt"}, OSError(errno.EROFS, os.strerror(errno.EROFS)))
+    assert main(["clean", str(run), "--yes"]) == 1
+    captured = capsys.readouterr()
+    assert sorted(captured.err.splitlines()) == [
+        f"kssm clean: checkpoint_10.pt: {os.strerror(errno.EROFS)}",
+        f"kssm clean: checkpoint_30.pt: {os.strerror(errno.EROFS)}",
+    ]
+    assert "freed" in captured.out
+    assert names(run) == ["best_model.pt", "checkpoint_10.pt", "checkpoint_30.pt", "checkpoint_40.pt"]
+
+
+def test_a_file_replaced_after_planning_is_not_deleted(tmp_path):
+    from kssm_core.checkpoint import execute_clean
+
+    run = make_run(tmp_path / "run")
+    plan = plan_clean(run)
+    # a resumed trainer rewrites checkpoint_20.pt (a new file renamed over the name) after the plan was made
+    atomic_save({"step": 20, "model_state": {"w": torch.ones(1020)}}, run / "checkpoint_20.pt")
+    (run / "checkpoint_30.pt").unlink()  # and prune() removed another one: gone is fine
+    freed, problems = execute_clean(plan)
+    assert problems == ["checkpoint_20.pt: changed since it was listed; not deleted"]
+    assert freed == dict(plan.delete)[run / "checkpoint_10.pt"]
+    assert names(run) == ["best_model.pt", "checkpoint_20.pt", "checkpoint_40.pt"]
+    assert torch.equal(torch.load(run / "checkpoint_20.pt", weights_only=True)["model_state"]["w"], torch.ones(1020))
+
+
+def test_plan_delete_still_iterates_as_path_and_size(tmp_path):
+    run = make_run(tmp_path / "run")
+    plan = plan_clean(run, keep=0)
+    for path, size in plan.delete:
+        assert size == path.stat().st_size
+
+
+# ---- plan_clean while a trainer prunes, and without loading whole checkpoints into memory ------------------------
+def test_plan_skips_a_file_removed_between_listing_and_stat(tmp_path, monkeypatch):
+    from kssm_core import checkpoint as ckpt
+
+    run = make_run(tmp_path / "run")
+    listed = ckpt.checkpoint_files(run)
+    (run / "checkpoint_10.pt").unlink()  # a live trainer's prune(), after the listing
+    monkeypatch.setattr(ckpt, "checkpoint_files", lambda _root: listed)
+    plan = plan_clean(run, keep=0)
+    assert {p.name for p, _ in plan.delete} == {"checkpoint_20.pt", "checkpoint_30.pt"}
+
+
+def test_plan_checks_loadability_with_mmap(tmp_path, monkeypatch):
+    from kssm_core import checkpoint as ckpt
+
+    run = make_run(tmp_path / "run")
+    (run / "checkpoint_50.pt").write_bytes((run / "checkpoint_40.pt").read_bytes()[:-200])  # truncated newest
+    calls = []
+    real_load = ckpt.load_checkpoint
+
+    def spy(path, map_location="cpu", mmap=False):
+        calls.append((path.name, mmap))
+        return real_load(path, map_location, mmap=mmap)
+
+    monkeypatch.setattr(ckpt, "load_checkpoint", spy)
+    plan = plan_clean(run, keep=0)
+    assert calls == [("checkpoint_50.pt", True), ("checkpoint_40.pt", True)]
+    assert (run / "checkpoint_40.pt", "newest loadable checkpoint") in plan.keep  # the truncated one failed
+    assert run / "checkpoint_50.pt" in dict(plan.delete)

@@ -191,3 +191,113 @@ def test_unlock_does_not_remove_a_lock_taken_after_it_was_judged(tmp_path, sleep
     with pytest.raises(LockHeld, match="changed meanwhile"):
         unlock(tmp_path)
     assert read_lock(tmp_path).pid == sleeper.pid  # the new trainer's lock survives
+
+
+# ---- a training.lock that is not a small regular file: never raises, never blocks, never "stale" ----------------
+def _assert_unreadable(folder, why):
+    info = read_lock(folder)
+    assert info is not None and info.unreadable is not None and why in info.unreadable
+    state, reason = lock_state(info)
+    assert state == "foreign" and reason == f"{LOCK_NAME} unreadable ({info.unreadable}): check it by hand"
+    with pytest.raises(LockHeld, match="unreadable"):
+        RunLock(folder).acquire()
+    with pytest.raises(LockHeld, match="unreadable"):
+        unlock(folder)
+
+
+def test_a_directory_named_training_lock_is_unreadable_not_stale(tmp_path):
+    (tmp_path / LOCK_NAME).mkdir()
+    _assert_unreadable(tmp_path, "directory")
+    assert (tmp_path / LOCK_NAME).is_dir()
+
+
+def test_a_fifo_named_training_lock_does_not_block(tmp_path):
+    import threading
+
+    os.mkfifo(tmp_path / LOCK_NAME)
+    box = {}
+    reader = threading.Thread(target=lambda: box.setdefault("info", read_lock(tmp_path)), daemon=True)
+    reader.start()
+    reader.join(5)
+    if reader.is_alive():  # unblock the stuck reader (open a writer) so the test process can exit
+        os.close(os.open(tmp_path / LOCK_NAME, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("read_lock blocked on a FIFO")
+    assert box["info"].unreadable == "not a regular file"
+    _assert_unreadable(tmp_path, "not a regular file")
+    assert (tmp_path / LOCK_NAME).exists()
+
+
+def test_a_symlinked_lock_is_not_followed_even_to_a_valid_stale_lock(tmp_path):
+    target = tmp_path / "elsewhere.json"
+    target.write_text(json.dumps({"pid": dead_pid(), "host": socket.gethostname(), "start_time": 1.0}))
+    (tmp_path / LOCK_NAME).symlink_to(target)
+    _assert_unreadable(tmp_path, "symlink")
+    assert (tmp_path / LOCK_NAME).is_symlink() and target.exists()
+
+
+def test_an_unreadable_lock_file_is_reported_not_raised(tmp_path, monkeypatch):
+    import errno
+
+    import kssm_core.lock as lk
+
+    write_lock(tmp_path, dead_pid(), 1.0)  # stale if it could be read: must not be taken over unread
+    real_open = os.open
+
+    def no_permission(path, flags, *args):
+        if os.fspath(path) == os.fspath(tmp_path / LOCK_NAME) and not flags & (os.O_WRONLY | os.O_RDWR):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
+        return real_open(path, flags, *args)
+
+    with monkeypatch.context() as m:
+        m.setattr(lk.os, "open", no_permission)  # as root, chmod 000 would not stop the read
+        _assert_unreadable(tmp_path, os.strerror(errno.EACCES))
+    assert read_lock(tmp_path).unreadable is None  # the file itself is untouched
+
+
+def test_a_huge_lock_file_is_unreadable(tmp_path):
+    (tmp_path / LOCK_NAME).write_bytes(b"1" * (65 * 1024))
+    _assert_unreadable(tmp_path, "bytes")
+
+
+def test_lockinfo_positional_constructor_still_works():
+    from kssm_core.lock import LockInfo
+
+    info = LockInfo(123, None, None, None, "123")
+    assert info.unreadable is None and info.mtime is None
+
+
+# ---- PID reuse for locks without a start time: judged by the lock file's mtime -----------------------------------
+@pytest.mark.parametrize("body", ["bare", "json-null-start"])
+def test_lock_without_start_time_whose_pid_started_after_it_was_written_is_stale(tmp_path, body):
+    lock_path = tmp_path / LOCK_NAME
+    lock_path.write_text("placeholder")
+    written_at = lock_path.stat().st_mtime
+    # > START_TIME_TOLERANCE_S + 1 s: psutil's create_time may read up to 1 s early (boot time in whole seconds)
+    time.sleep(2.5)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        if body == "bare":
+            lock_path.write_text(f"{child.pid}\n")
+        else:
+            write_lock(tmp_path, child.pid, None)
+        os.utime(lock_path, (written_at, written_at))  # its content names the child; its mtime is the write
+        info = read_lock(tmp_path)
+        assert info.pid == child.pid and info.start_time is None and info.mtime == pytest.approx(written_at)
+        state, reason = lock_state(info)
+        assert state == "stale", reason
+        assert reason == f"PID {child.pid} was reused by another process (it started after the lock was written)"
+    finally:
+        child.kill()
+        child.wait()
+
+
+@pytest.mark.parametrize("body", ["bare", "json-null-start"])
+def test_lock_without_start_time_whose_pid_started_before_it_was_written_is_live(tmp_path, sleeper, body):
+    # the sleeper started just before the lock is written (the tightest case: a trainer writes its lock at start)
+    if body == "bare":
+        (tmp_path / LOCK_NAME).write_text(f"{sleeper.pid}\n")
+    else:
+        write_lock(tmp_path, sleeper.pid, None)
+    assert lock_state(read_lock(tmp_path)) == ("live", f"held by live PID {sleeper.pid}")
+    with pytest.raises(LockHeld, match=f"live PID {sleeper.pid}"):
+        RunLock(tmp_path).acquire()

@@ -292,3 +292,24 @@ def test_a_cache_with_wrong_types_is_ignored(tmp_path, field, bad):
 def test_an_unknown_end_status_is_not_called_completed(tmp_path):
     s = run_status(write_run(tmp_path / "a", healthy_stage2(end={"status": "exploded", "reason": "?"})))
     assert s.state == "unknown" and s.recommendation.code == "failed" and "COMPLETED" not in s.recommendation.text
+
+
+def test_a_failed_cache_write_keeps_the_old_cache_and_leaves_no_temp_file(tmp_path, monkeypatch):
+    import errno
+
+    d = write_run(tmp_path / "stage2", healthy_stage2()[:-1])
+    run_status(d)
+    (cache_file,) = (tmp_path / "cache").iterdir()
+    before = cache_file.read_bytes()
+    with open(d / "events.jsonl", "a") as fh:
+        fh.write(json.dumps({"event": "run_end", "t": 6000.0, "status": "completed", "reason": "x", "step": 300}) + "\n")
+
+    def disk_full(*_args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", disk_full)
+        s = run_status(d)  # best effort: the status itself is still right
+    assert s.state == "completed"
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [cache_file.name]
+    assert cache_file.read_bytes() == before

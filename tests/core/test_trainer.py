@@ -383,3 +383,46 @@ def test_unavailable_device_is_a_bad_argument(tmp_path, data_dir):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "no CUDA device" in r.stdout
     assert not (out / LOCK_NAME).exists()
+
+
+# ---- robustness: the lock cannot be created; a weights-only newest checkpoint; config.json's temp file ---------
+
+
+def test_lock_that_cannot_be_created_is_a_one_line_refusal(tmp_path, data_dir, monkeypatch, capsys):
+    import kssm_core.lock as lk
+
+    def read_only_folder(*_args, **_kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(lk.tempfile, "mkstemp", read_only_folder)  # as root, chmod would not stop mkstemp
+    out = tmp_path / "run"
+    assert run_inprocess(tiny_config(out, data_dir, max_steps=1)) == EXIT_REFUSED
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"cannot create {out / LOCK_NAME}: {os.strerror(errno.EROFS)}"]
+    assert not (out / LOCK_NAME).exists() and not (out / "events.jsonl").exists()
+
+
+def test_resume_skips_a_newest_checkpoint_that_holds_only_model_state(run_copy, data_dir):
+    weights = load_checkpoint(run_copy / "checkpoint_6.pt")["model_state"]
+    ckpt.atomic_save({"step": 8, "model_state": weights}, run_copy / "checkpoint_8.pt")  # e.g. an export
+    r = run_kssm(*train_args(run_copy, data_dir, "--max-steps", "8", "--save-interval", "2", "--log-interval", "1",
+                             "--eval-interval", "3", "--resume"))
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    (skip,) = [e for e in kinds(read_events(run_copy), "warning") if e["code"] == "checkpoint_skipped"]
+    assert "checkpoint_8.pt" in skip["message"] and "lacks" in skip["message"] and "optimizer_state" in skip["message"]
+    start = kinds(read_events(run_copy), "run_start")[-1]
+    assert start["resumed_from"].endswith("checkpoint_6.pt") and start["start_step"] == 6
+    assert "optimizer_state" in load_checkpoint(run_copy / "checkpoint_8.pt")  # rewritten, now resumable
+
+
+def test_config_json_is_written_without_following_a_planted_temp_symlink(tmp_path, data_dir):
+    out = tmp_path / "run"
+    out.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("untouched")
+    (out / ".config.json.tmp").symlink_to(victim)  # a fixed temp name would be written through this link
+    assert run_inprocess(tiny_config(out, data_dir, max_steps=1)) == EXIT_COMPLETED
+    assert victim.read_text() == "untouched"
+    config = out / "config.json"
+    assert not config.is_symlink() and json.loads(config.read_text())["train"]["max_steps"] == 1
