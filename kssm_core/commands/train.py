@@ -114,7 +114,10 @@ def _check_nproc(nproc: int, cfg: TrainConfig) -> str | None:
         distributed.split_batch(resolved.batch_size, resolved.grad_accum, nproc)
     except distributed.DistError as exc:
         return str(exc)
-    state, reason = lock_state(read_lock(cfg.output_dir))
+    info = read_lock(cfg.output_dir)
+    state, reason = lock_state(info)
+    if info is not None and info.unreadable:
+        return f"{cfg.output_dir}: {reason}"
     if state in ("live", "foreign"):
         return f"{cfg.output_dir}/training.lock {reason}; another trainer owns this folder (stop it first, or use another --output-dir)"
     return None
