@@ -252,7 +252,8 @@ class KssmApp(App):
         self._failures_seen[view.run_dir] = (seen or set()) | fails
         failed_rows = [r for r in view.matrix_rows if r.verdict == Verdict.FAILURE]
         if view.state == "crashed":
-            self.dash.alert(f"Stage {view.stage or '?'} crashed: {view.state_reason}", "critical")
+            hint = "" if self.readonly else ": press r to resume"
+            self.dash.alert(f"Stage {view.stage or '?'} crashed: {view.state_reason}{hint}", "critical")
         elif failed_rows:
             r = failed_rows[0]
             self.dash.alert(f"Failure: Stage {r.stage} {r.metric}: {r.reason}", "critical")
@@ -266,6 +267,8 @@ class KssmApp(App):
     def _reap(self) -> None:
         """Timer: collect our child's exit status without blocking (Popen.poll)."""
         self.controller.reap_others()
+        for run_dir, rc in self.controller.finished_evals():
+            self._in_thread(lambda d=run_dir, rc=rc: self._report_eval(d, rc))
         done = self.controller.poll()
         if done is None:
             return
@@ -364,6 +367,9 @@ class KssmApp(App):
         if v is not None and v.end_status == "completed":
             self.say(f"{run_dir.name} finished ({v.state}): nothing to resume; press n for the next stage",
                      severity="warning")
+            return
+        if v is not None and v.state == "failed" and v.last_step is None:  # it never started: resume cannot help
+            self.say(f"not resuming: {v.state_reason}; fix that, then press n to start it again", severity="warning")
             return
         if v is not None and v.end_reason == "nan_loss":  # the same settings would diverge again
             self.say(f"not resuming: the loss went NaN; {v.recommendation}", severity="warning", timeout=10)
@@ -473,11 +479,24 @@ class KssmApp(App):
             self._say_from_thread(f"no best_model.pt in {run_dir} yet", severity="warning")
             return
         try:
-            self.controller.launch(ctl.eval_command(run_dir), run_dir, "eval.out")
+            self.controller.start_eval(run_dir)
+        except ctl.EvalBusy as exc:
+            self._say_from_thread(str(exc), severity="warning")
+            return
         except OSError as exc:
             self._say_from_thread(f"could not start the evaluation: {exc}", severity="error")
             return
         self._say_from_thread(f"evaluation started: output in {run_dir / 'eval.out'}, results in {run_dir / 'eval'}")
+
+    def _report_eval(self, run_dir: Path, rc: int) -> None:
+        """Thread: say how an evaluation we started ended (eval/summary.json's verdict when it wrote one)."""
+        summary = ctl.eval_summary(run_dir)
+        if summary is not None:
+            self._say_from_thread(f"evaluation of {run_dir} finished: {summary}",
+                                  severity="information" if summary.startswith("PASS") else "warning", timeout=10)
+        else:
+            self._say_from_thread(f"evaluation of {run_dir} ended (exit {rc}) without a summary: see "
+                                  f"{run_dir / 'eval.out'}", severity="error", timeout=10)
 
     def action_toggle_log(self) -> None:
         self.log_y = not self.log_y

@@ -26,9 +26,11 @@ class AsciiScrollBarRender(ScrollBarRender):
 
 
 def css_variables() -> dict[str, str]:
-    """Variables app.tcss reads: `$frame` is the panels' border type, `$divider` the footer's separator."""
+    """Variables app.tcss reads: `$frame` is the panels' border type, `$divider` the footer's separator,
+    `$toast-edge` the coloured edge of a notification."""
     on = ascii_mode()
-    return {"frame": ASCII_FRAME if on else FRAME, "divider": ASCII_FRAME if on else "vkey"}
+    return {"frame": ASCII_FRAME if on else FRAME, "divider": ASCII_FRAME if on else "vkey",
+            "toast-edge": ASCII_FRAME if on else "outer"}
 
 
 _TEXTUAL_BAR = (Bar.HALF_BAR_LEFT, Bar.BAR, Bar.HALF_BAR_RIGHT)

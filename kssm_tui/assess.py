@@ -83,6 +83,8 @@ def next_step(code: str | None, text: str, shown: int | None, current: int | Non
         return f"press r to resume from the newest checkpoint ({text})"
     if code == "stale_lock":
         return f"press u to clear the stale lock ({text})"
+    if code == "all_clear" and shown is not None and current is not None and shown > current + 1:
+        return f"not reached yet: Stage {current + 1} comes first"
     on_current = shown is not None and (current is None or shown == current)
     if code == "all_clear" and on_current and current is None:
         return f"press n to start Stage {shown} ({text})"
@@ -112,7 +114,9 @@ def checkpoint_need(history: RunHistory) -> int | None:
 
 
 def run_state(history: RunHistory, has_events: bool, lock: str, verdict: Verdict | None) -> tuple[str, str]:
-    """(StagePlan state, one-line reason) of one run folder from its history and lock state."""
+    """(StagePlan state, one-line reason) of one run folder from its history and lock state.
+
+    The reason names no key: next_step does that, and only where the key is enabled (not --readonly)."""
     if lock in ("live", "foreign"):
         return "running", "a trainer holds the lock" + (" (on another host)" if lock == "foreign" else "")
     if history.run_start is None:
@@ -121,20 +125,20 @@ def run_state(history: RunHistory, has_events: bool, lock: str, verdict: Verdict
             advice = str(end.get("advice") or "")
             return "failed", f"the trainer could not start: {end.get('reason')}" + (f"; {advice}" if advice else "")
         if lock == "stale":
-            return "stale lock", "a stale lock and no run: press u to clear it"
+            return "stale lock", "a stale lock and no run"
         return "not started", "no run yet" if not has_events else "no run_start in events.jsonl"
     end = history.run_end
     if end is None:
         extra = " (stale lock left behind)" if lock == "stale" else ""
-        return "crashed", f"the trainer is gone without a run_end{extra}: press r to resume"
+        return "crashed", f"the trainer is gone without a run_end{extra}"
     status = end.get("status")
     reason = str(end.get("reason") or "")
     if status == "interrupted":
-        return "interrupted", f"stopped ({reason}): press r to resume"
+        return "interrupted", f"stopped ({reason})"
     if status == "failed":
         return "failed", f"the trainer failed: {reason}"
     if lock == "stale":
-        return "stale lock", "completed, but a stale lock remains: press u to clear it"
+        return "stale lock", "completed, but a stale lock remains"
     if verdict == Verdict.HEALTHY:
         return "passed", "completed; the stage passes the decision matrix"
     if verdict == Verdict.WARNING:

@@ -9,6 +9,7 @@ the loop would kill the child.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
@@ -54,6 +55,17 @@ def eval_command(run_dir: Path) -> list[str]:
     return [sys.executable, "-m", "kssm_core", "eval", "all", "--model", str(Path(run_dir) / "best_model.pt")]
 
 
+def eval_summary(run_dir: Path) -> str | None:
+    """'PASS: ...' / 'FAIL: ...' from RUN_DIR/eval/summary.json, or None when it is missing or unreadable."""
+    try:
+        d = json.loads((Path(run_dir) / "eval" / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    if not isinstance(d, dict) or not isinstance(d.get("verdict"), str):
+        return None
+    return f"{d['verdict'].upper()}: {d.get('message', '')}"
+
+
 def classify_exit(returncode: int) -> str:
     """completed (0), failed (1: NaN loss, bad data; it wrote run_end), interrupted (130), refused (2),
     killed (by a signal: negative), crashed (anything else, e.g. an uncaught exception)."""
@@ -93,6 +105,10 @@ def tail_text(path: Path, max_lines: int = 8, max_bytes: int = 8192) -> str:
     return "\n".join(lines[-max_lines:])
 
 
+class EvalBusy(Exception):
+    """An evaluation this cockpit started in that folder is still running."""
+
+
 @dataclass
 class Spawned:
     """A trainer this cockpit started: its Popen and where it writes."""
@@ -108,6 +124,7 @@ class TrainerController:
     def __init__(self, cwd: Path | None = None):
         self.cwd = Path(cwd) if cwd else Path.cwd()
         self.child: Spawned | None = None
+        self.evals: dict[Path, subprocess.Popen] = {}  # run folder -> its evaluation, while we watch it
         self._others: list[subprocess.Popen] = []
 
     # ---- spawning ---------------------------------------------------------------------------------
@@ -141,6 +158,22 @@ class TrainerController:
     def reap_others(self) -> None:
         """Collect exited processes we launched (evaluations, and trainers once reaped) so none lingers as a zombie."""
         self._others = [p for p in self._others if p.poll() is None]
+
+    def start_eval(self, run_dir: Path) -> subprocess.Popen:
+        """`kssm eval all` on the run's best model; refuses (EvalBusy) while one we started there still runs."""
+        run_dir = Path(run_dir)
+        running = self.evals.get(run_dir)
+        if running is not None and running.poll() is None:
+            raise EvalBusy(f"an evaluation of {run_dir} is already running (PID {running.pid})")
+        self.evals[run_dir] = proc = self.launch(eval_command(run_dir), run_dir, "eval.out")
+        return proc
+
+    def finished_evals(self) -> list[tuple[Path, int]]:
+        """(run folder, exit code) of each evaluation that ended since the last call. Never blocks."""
+        done = [(d, p.returncode) for d, p in self.evals.items() if p.poll() is not None]
+        for d, _ in done:
+            del self.evals[d]
+        return done
 
     def child_alive(self) -> bool:
         return self.child is not None and self.child.proc.poll() is None

@@ -80,14 +80,24 @@ def plain(s: object, style: str = "") -> Text:
 
 
 def ascii_mode() -> bool:
-    """True when widgets should draw with ASCII only: ``KSSM_ASCII=1`` or a terminal that is not UTF-8."""
+    """True when widgets should draw with ASCII only: ``KSSM_ASCII=1``, or a locale (LC_ALL, LC_CTYPE, LANG)
+    or terminal encoding that is not UTF-8; ``KSSM_ASCII=0`` forces the box and block glyphs."""
     flag = os.environ.get("KSSM_ASCII", "").strip().lower()
     if flag in ("1", "true", "yes", "on"):
         return True
     if flag in ("0", "false", "no", "off"):
         return False
+    # The terminal's locale as the shell set it: Python's UTF-8 mode (PEP 538/540) reports UTF-8 even
+    # under LANG=C, whose terminal may draw box glyphs as garbage.
+    loc = os.environ.get("LC_ALL") or os.environ.get("LC_CTYPE") or os.environ.get("LANG") or ""
+    if loc:
+        return not _is_utf8(loc)
     encoding = getattr(sys.__stdout__, "encoding", None) or locale.getpreferredencoding(False) or ""
-    return "utf" not in encoding.lower().replace("-", "").replace("_", "")
+    return not _is_utf8(encoding)
+
+
+def _is_utf8(name: str) -> bool:
+    return "utf8" in name.lower().replace("-", "").replace("_", "")
 
 
 def ellipsis() -> str:

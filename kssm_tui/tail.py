@@ -30,6 +30,7 @@ CATCH_UP_BUDGET_S = 1.5
 PREVIEW_MIN_BYTES = 32 * 1024 * 1024  # a log at least this big is previewed from its ends first
 HEAVY_EVERY_S = 3.0  # a live run's matrix, advice and alerts are recomputed at most this often
 PAINT_WAIT_S = 1.0  # at most this long for the App to paint a catch-up view before reading on
+QUIET_REJUDGE_S = 15.0  # a live run with no new event is judged again this often (stall alerts)
 
 
 class Monitor:
@@ -117,7 +118,10 @@ class Monitor:
         stages_out, locks = self._stages()
         key = (folder, shown.version, locks[folder][0], self.selected)
         view = None
-        if key != self._shown or self.force.is_set() or after_preview:
+        # A live run that went quiet is judged again now and then: a frozen trainer writes nothing, and only a
+        # fresh judgement raises the stall alert and replaces advice computed before it froze.
+        quiet = locks[folder][0] == "live" and time.monotonic() - self._heavy_at >= QUIET_REJUDGE_S
+        if key != self._shown or self.force.is_set() or after_preview or quiet:
             self.force.clear()
             fresh = self._fresh(folder) or after_preview  # the full history replaces the preview's log
             self._shown = key

@@ -113,11 +113,12 @@ class Dashboard(Screen):
             t.append(f"  PID {view.lock_pid}")
         elif view.lock_state == "stale":
             t.append("  stale lock", style="yellow")
-        t.append("\n")
-        t.append(clean(view.state_reason))
+        # Next first: at 80x24 the panel has four rows, and what to do matters more than why.
         if view.recommendation and view.recommendation != view.state_reason:
             t.append("\nNext: ", style="bold")
             t.append(clean(view.recommendation))
+        t.append("\n")
+        t.append(clean(view.state_reason), style="dim")
         if view.bad_lines:
             t.append(f"\n{view.bad_lines} unreadable line(s) skipped", style="yellow")
         if view.trainer_out_tail:

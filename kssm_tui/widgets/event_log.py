@@ -10,6 +10,7 @@ from textual.widgets import RichLog
 from ..safe_text import clean
 
 MAX_LINES = 500
+SHORT_KINDS = {"checkpoint": "ckpt", "run_start": "start", "run_end": "end"}  # the kind column is 8 cells
 KIND_STYLES = {
     "warning": "yellow",
     "warn": "yellow",
@@ -50,7 +51,7 @@ class EventLog(RichLog):
 
     @staticmethod
     def format_entry(kind: str, text: str) -> Text:
-        kind_s = clean(kind).replace("\n", " ")[:8]
+        kind_s = clean(SHORT_KINDS.get(kind, kind)).replace("\n", " ")[:8]
         line = Text(end="")
         line.append(f"{kind_s:>8} ", style=KIND_STYLES.get(kind_s.lower(), "dim"))
         line.append(clean(text))

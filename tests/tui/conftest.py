@@ -14,3 +14,10 @@ def runs(tmp_path, monkeypatch):
     root = Path("results")
     root.mkdir()
     return root
+
+
+@pytest.fixture(autouse=True)
+def unicode_glyphs(monkeypatch):
+    """Draw with the default glyphs whatever the machine's locale (a CI box may run under LANG=C);
+    the ASCII tests set KSSM_ASCII=1 themselves."""
+    monkeypatch.setenv("KSSM_ASCII", "0")

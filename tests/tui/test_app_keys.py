@@ -338,7 +338,17 @@ async def test_e_starts_the_evaluation_detached(runs):
     d = write_run(stage_path(runs, 1), 1, 100)
     app, _ = make_app(runs)
     launched: list = []
-    app.controller.launch = lambda cmd, run_dir, out: launched.append((cmd, run_dir, out))
+    gate = d / "eval-may-finish"
+
+    def fake_launch(cmd, run_dir, out):  # an "evaluation" that writes its summary once the test lets it
+        launched.append((cmd, run_dir, out))
+        code = ("import json, os, pathlib, time\n"
+                f"while not os.path.exists({str(gate)!r}): time.sleep(0.05)\n"
+                f"p = pathlib.Path({str(d / 'eval')!r}); p.mkdir(exist_ok=True)\n"
+                "(p / 'summary.json').write_text(json.dumps({'verdict': 'pass', 'message': 'all tests must pass: they do'}))")
+        return subprocess.Popen([sys.executable, "-c", code])
+
+    app.controller.launch = fake_launch
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot)
         await pilot.press("e")
@@ -347,6 +357,11 @@ async def test_e_starts_the_evaluation_detached(runs):
         (d / "best_model.pt").write_bytes(b"w")
         await pilot.press("e")
         await until(pilot, lambda: launched)
+        await pilot.press("e")  # again while it runs: refused, not a second evaluation on the same files
+        await until(pilot, lambda: "already running" in notes(app))
+        assert len(launched) == 1
+        gate.write_text("go")
+        await until(pilot, lambda: "finished: PASS: all tests must pass: they do" in notes(app), timeout=10)
     cmd, run_dir, out = launched[0]
     assert cmd[cmd.index("eval") + 1] == "all" and cmd[cmd.index("--model") + 1] == str(d / "best_model.pt")
     assert run_dir == d and out == "eval.out"

@@ -47,10 +47,13 @@ def test_every_screen_is_ascii_only_in_ascii_mode(runs, monkeypatch, ascii_flag)
     async def scenario() -> dict[str, str]:
         app = KssmApp(runs, watch=False, tail_interval=0.1)
         seen = {}
-        async with app.run_test(size=SIZE) as pilot:
+        async with app.run_test(size=SIZE, notifications=True) as pilot:
             await until(pilot, lambda: app.stages and app.view is not None)
             await pilot.pause(0.3)
             seen["dashboard"] = screen_text(app)
+            app.say("a notification", severity="warning")
+            await pilot.pause(0.3)
+            seen["notification"] = screen_text(app)
             await pilot.press("question_mark")
             await pilot.pause(0.3)
             seen["help"] = screen_text(app)

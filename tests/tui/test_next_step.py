@@ -13,6 +13,7 @@ PASSED = "COMPLETED stage 2 (healthy): ALL CLEAR: safe to start stage 3: kssm tr
 @pytest.mark.parametrize("code,text,shown,current,expect", [
     ("all_clear", CLEAR, 1, None, "press n to start Stage 1 ("),
     ("all_clear", CLEAR, 3, 2, "ALL CLEAR"),  # n would start stage 3 only if stage 2 passed: no promise
+    ("all_clear", CLEAR, 5, 3, "not reached yet: Stage 4 comes first"),  # stage 5 is two stages away
     ("completed", PASSED, 2, 2, "press n to start Stage 3 ("),
     ("completed", PASSED, 2, 4, "COMPLETED"),  # an older stage on screen: n acts on stage 4, not 2
     ("crashed", "CRASHED at step 40: kssm train --resume", 2, 2, "press r to resume"),

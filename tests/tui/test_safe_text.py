@@ -98,3 +98,17 @@ def test_one_line_ascii_mode(monkeypatch):
 
 def test_one_line_cleans():
     assert one_line("a\x1b]52;c;x\x07b", 20) == "ab"
+
+
+def test_ascii_mode_follows_the_shell_locale_not_pythons_utf8_mode(monkeypatch):
+    monkeypatch.delenv("KSSM_ASCII", raising=False)
+    for var in ("LC_ALL", "LC_CTYPE", "LANG"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("LANG", "C")
+    assert ascii_mode()  # Python itself reports UTF-8 here (PEP 538), the terminal may not draw it
+    monkeypatch.setenv("LANG", "en_GB.UTF-8")
+    assert not ascii_mode()
+    monkeypatch.setenv("LC_ALL", "POSIX")  # LC_ALL wins over LANG
+    assert ascii_mode()
+    monkeypatch.setenv("KSSM_ASCII", "0")  # and the explicit switch over both
+    assert not ascii_mode()

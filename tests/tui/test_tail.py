@@ -178,3 +178,21 @@ def test_monitor_loop_survives_a_failing_tick(tmp_path):
     t.join(timeout=2)
     assert isinstance(posted[0], WorkerTrouble) and "permission denied" in posted[0].text
     assert any(isinstance(p, RunChanged) for p in posted)  # it went on after the error
+
+
+def test_a_quiet_live_run_is_judged_again_a_finished_one_is_not(tmp_path, monkeypatch):
+    import kssm_tui.tail as tail
+
+    monkeypatch.setattr(tail, "QUIET_REJUDGE_S", 0.2)
+    root = tmp_path / "results"
+    live = write_run(stage_path(root, 1), 1, 100, end=None)
+    (live / "training.lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                                    "start_time": process_start_time(os.getpid())}))
+    write_run(stage_path(root, 2), 2, 500)  # completed, no lock
+    for stage, expect_again in ((1, True), (2, False)):
+        m = Monitor(root)
+        m.selected = stage
+        assert m.tick()[1] is not None
+        assert m.tick()[1] is None  # nothing new: nothing to redraw
+        time.sleep(0.3)
+        assert (m.tick()[1] is not None) is expect_again  # a frozen trainer writes nothing: judge it anyway
