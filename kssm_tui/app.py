@@ -67,6 +67,7 @@ KEYS: tuple[Key, ...] = (
     Key("q", "quit", "Quit", "quit; a running trainer keeps running"),
 )
 MUTATING = frozenset(k.action for k in KEYS if k.mutates)
+MUTATING_KEYS = frozenset(k.key for k in KEYS if k.mutates)
 
 
 def _bindings() -> list[Binding]:
@@ -283,6 +284,11 @@ class KssmApp(App):
         if self.readonly and action in MUTATING:
             return False
         return True
+
+    def on_key(self, event) -> None:
+        """Under --readonly a key that would change something says so instead of doing nothing silently."""
+        if self.readonly and event.key in MUTATING_KEYS and not isinstance(self.screen, ModalScreen):
+            self.say(f"read-only (--readonly): '{event.key}' would change the run, so it is off", timeout=3)
 
     def get_system_commands(self, screen):
         yield from super().get_system_commands(screen)

@@ -304,6 +304,7 @@ async def test_readonly_blocks_every_mutation(runs):
         await pilot.pause(0.3)
         assert spawned == [] and app.screen is app.dash
         assert "READ-ONLY" in app.dash.query_one("#title").render().plain
+        assert "'r' would change the run, so it is off" in notes(app)  # told, not silently ignored
         await pilot.press("l")  # viewing keys still work
         assert app.log_y
     assert (stage_path(runs, 1) / "training.lock").exists()
