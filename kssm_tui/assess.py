@@ -56,7 +56,8 @@ def recommendation(run_dir: Path, history: RunHistory, fallback: str) -> tuple[s
     code = getattr(rec, "code", None)
     if code == "active":  # the state line already says running, the step and the PID: add the pace
         rate, eta = getattr(st, "steps_per_s", None), getattr(st, "eta_s", None)
-        text = f"{rate:.2f} steps/s, ETA {core_status.format_duration(eta)}" if rate else "training (pace not known yet)"
+        text = (f"nothing to do: training at {rate:.2f} steps/s, ETA {core_status.format_duration(eta)}" if rate
+                else "nothing to do: training (pace not known yet)")
     return code, text
 
 
