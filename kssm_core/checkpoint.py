@@ -211,7 +211,8 @@ def plan_clean(run_dir: str | Path, keep: int = 1) -> CleanPlan:
     """Which checkpoint_*.pt files `kssm clean` would delete, and why the others stay.
 
     Never best_model.pt, never the newest loadable checkpoint, never a symlink or anything
-    outside run_dir, never a file whose name is not checkpoint_{step}.pt.
+    outside run_dir, never a file whose name is not checkpoint_{step}.pt. The top level only: the earlier
+    runs a fresh start moved to run_dir/previous/ (kssm_core.archive) are never listed.
     """
     root = Path(run_dir)
     if root.is_symlink():  # deleting through a link would delete the target's files

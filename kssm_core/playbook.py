@@ -54,6 +54,15 @@ def _fmt_value(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
+def init_from_args(runs_root: str | Path, stage: int | None) -> list[str]:
+    """`--init-from ROOT/<previous stage folder>/best_model.pt` when that file exists (as the cockpit's n
+    chains stages), else []: restarting stage N from random weights would drop the stages before it."""
+    if stage is None or not 2 <= stage <= 5:
+        return []
+    best = Path(runs_root) / stage_info(stage - 1).output_dir / "best_model.pt"
+    return ["--init-from", str(best)] if best.is_file() else []
+
+
 def train_command(history: RunHistory, run_dir: str | Path | None = None, *, resume: bool = False,
                   **overrides: Any) -> str:
     """`kssm train ...` that repeats the run's settings (stage, folder, preset, corpus) with `overrides` applied.
@@ -71,6 +80,8 @@ def train_command(history: RunHistory, run_dir: str | Path | None = None, *, res
     args += ["--output-dir", _run_dir(history, run_dir)]
     if resume:
         args.append("--resume")
+    elif "init_from" not in overrides:
+        args += init_from_args(Path(_run_dir(history, run_dir)).parent, st)
     for name in ("preset", "corpus", "data_dir"):
         v = cfg.get(name)
         if isinstance(v, str) and v and v != getattr(_DEFAULTS, name) and name not in overrides:

@@ -41,7 +41,8 @@ READ_SLICE_BYTES = 8 * 1024 * 1024
 
 @dataclass
 class Recommendation:
-    code: str  # all_clear | active | stalled | foreign_lock | stale_lock | crashed | interrupted | failed | completed | unreadable
+    code: str  # all_clear | starting | active | stalled | foreign_lock | stale_lock | crashed | interrupted | failed
+    #            | completed | no_final_checkpoint | unreadable
     text: str  # one line, e.g. "CRASHED at step 340: kssm train --output-dir results/stage2 --resume --max-steps 500"
     command: str | None = None  # the command inside `text`, alone, to paste
 
@@ -300,7 +301,24 @@ def _read_note(read: dict) -> str | None:
     return f"{EVENTS_NAME}: " + ", ".join(parts) + "; showing the rest"
 
 
-def _run_state(history: RunHistory, source: str, lock: str, alive: bool) -> str:
+def trainer_starting(history: RunHistory, info, lock: str) -> bool:
+    """A live lock taken after the newest run_start / run_end: a trainer is starting (building the token
+    cache, loading a checkpoint) and has not logged its run_start yet."""
+    if lock != "live":
+        return False
+    if history.run_start is None:
+        return True
+    if history.run_end is None:
+        return False
+    taken = next((v for v in (getattr(info, "created", None), getattr(info, "mtime", None))
+                  if isinstance(v, (int, float))), None)
+    ended = history.run_end.get("t")
+    return taken is not None and isinstance(ended, (int, float)) and taken > ended
+
+
+def _run_state(history: RunHistory, source: str, lock: str, alive: bool, starting: bool = False) -> str:
+    if starting:
+        return "running"
     if history.run_start is None:  # a run_end alone: the trainer refused to start (no corpus, bad flags)
         failed = history.run_end is not None and history.run_end.get("status") == "failed"
         return "failed" if failed else "not_started"
@@ -389,7 +407,8 @@ def run_status(run_dir: str | Path, criteria: Criteria | None = None, history: R
     alive = proc == "alive"
     if source == "legacy" or (source == "caller" and not events.is_file() and legacy.has_legacy_log(run_dir)):
         history = _legacy_end(history, alive)
-    state = _run_state(history, source, lock, alive)
+    starting = trainer_starting(history, info, lock)
+    state = _run_state(history, source, lock, alive, starting)
 
     stage = infer_stage(history, run_dir)
     eval_results, eval_problems = load_eval_results(run_dir)
@@ -426,7 +445,8 @@ def run_status(run_dir: str | Path, criteria: Criteria | None = None, history: R
         newest_checkpoint=_newest_checkpoint(run_dir, history),
         best_val_loss=history.best_val_loss,
         latest={k: _finite_or_none(v) for k, v in _latest(history).items()},
-        run_end={k: history.run_end.get(k) for k in ("status", "reason", "advice", "step")} if history.run_end else None,
+        run_end=({k: history.run_end.get(k) for k in ("status", "reason", "advice", "step", "final_checkpoint")}
+                 if history.run_end and not starting else None),
         assessment=assessment,
         matrix=matrix,
         alerts=alert_list,
@@ -441,7 +461,8 @@ def run_status(run_dir: str | Path, criteria: Criteria | None = None, history: R
         read=read,
         generated_at=now,
     )
-    status.recommendation = recommend(status, history)
+    status.recommendation = recommend(status, history, starting=starting,
+                                      lock_age_s=now - info.created if starting and info and info.created else None)
     return status
 
 
@@ -457,14 +478,25 @@ def format_duration(seconds: float | None) -> str:
     return f"{s}s"
 
 
-def recommend(s: RunStatus, history: RunHistory) -> Recommendation:
+def _foreign_lock(s: RunStatus) -> Recommendation:
+    cmd = playbook.shlex.join(["kssm", "unlock", "--force", s.run_dir])
+    return Recommendation("foreign_lock", f"LOCKED ON ANOTHER HOST: {s.lock_reason}; run kssm status there "
+                          f"(if that trainer is gone: {cmd})")
+
+
+def recommend(s: RunStatus, history: RunHistory, starting: bool = False, lock_age_s: float | None = None) -> Recommendation:
     d = s.run_dir
     step = s.step if s.step is not None else 0
     if s.read.get("error") and history.run_start is None:
         return Recommendation("unreadable", f"UNREADABLE: {s.read['error']}; fix that before starting anything here")
+    if starting:
+        cmd = playbook.shlex.join(["kssm", "status", d, "--watch"])
+        age = f" for {format_duration(max(0.0, lock_age_s))}" if lock_age_s is not None else ""
+        return Recommendation("starting", f"TRAINER STARTING: PID {s.pid} holds the lock{age}, no step yet "
+                              f"(building the token cache or loading weights); watch: {cmd}", cmd)
     if s.state == "running":
         if s.lock == "foreign":
-            return Recommendation("foreign_lock", f"LOCKED ON ANOTHER HOST: {s.lock_reason}; run kssm status there")
+            return _foreign_lock(s)
         stalled = next((a for a in s.alerts if a.code == "stalled"), None)
         if stalled is not None:
             cmd = f"kill -TERM {s.pid}" if s.pid else None
@@ -475,7 +507,7 @@ def recommend(s: RunStatus, history: RunHistory) -> Recommendation:
         return Recommendation("active", f"TRAINING ACTIVE: PID {s.pid}, {where}{rate}; watch: kssm status {d} --watch",
                               playbook.shlex.join(["kssm", "status", d, "--watch"]))
     if s.lock == "foreign":
-        return Recommendation("foreign_lock", f"LOCKED ON ANOTHER HOST: {s.lock_reason}; run kssm status there")
+        return _foreign_lock(s)
     if s.state == "crashed":
         cmd = playbook.resume_command(history, d)
         extra = " (the stale lock is taken over on resume)" if s.lock == "stale" else ""
@@ -484,7 +516,8 @@ def recommend(s: RunStatus, history: RunHistory) -> Recommendation:
         cmd = playbook.unlock_command(d)
         return Recommendation("stale_lock", f"STALE LOCK ({s.lock_reason}): {cmd}", cmd)
     if s.state == "not_started":
-        cmd = playbook.shlex.join(["kssm", "train", "--stage", str(s.stage), "--output-dir", d])
+        args = ["kssm", "train", "--stage", str(s.stage), "--output-dir", d]
+        cmd = playbook.shlex.join(args + playbook.init_from_args(Path(d).parent, s.stage))
         return Recommendation("all_clear", f"ALL CLEAR: safe to start: {cmd}", cmd)
     if s.state == "interrupted":
         cmd = playbook.resume_command(history, d)
@@ -504,6 +537,10 @@ def recommend(s: RunStatus, history: RunHistory) -> Recommendation:
         where = "TO START" if history.run_start is None else f"at step {step}"
         return Recommendation("failed", f"FAILED {where} ({reason}): {advice}", cmd)
     # completed (or a legacy log judged complete)
+    if (s.run_end or {}).get("final_checkpoint") is False:  # nothing saved at the end: not a result to chain from
+        cmd = playbook.resume_command(history, d)
+        return Recommendation("no_final_checkpoint", f"COMPLETED without a final checkpoint (disk low): free space "
+                              f"(kssm clean {playbook.shlex.quote(d)}), then resume/rerun: {cmd}", cmd)
     a = s.assessment
     if a.verdict is Verdict.FAILURE or a.verdict is Verdict.WARNING:
         row = next((r for r in a.rows if r.verdict is a.verdict and r.remedy), None)
@@ -524,6 +561,9 @@ def recommend(s: RunStatus, history: RunHistory) -> Recommendation:
         v = history.config.get(name)
         if isinstance(v, str) and v and v != getattr(playbook._DEFAULTS, name):
             args += ["--" + name, v]
+    best = Path(d) / "best_model.pt"  # the run just judged: what the cockpit's n chains from
+    if best.is_file():
+        args += ["--init-from", str(best)]
     cmd = playbook.shlex.join(args)
     return Recommendation("completed", f"COMPLETED stage {s.stage} ({a.verdict.value}): ALL CLEAR: safe to start stage {nxt}: {cmd}", cmd)
 
@@ -534,7 +574,7 @@ def exit_code_for(s: RunStatus) -> int:
     if s.recommendation.code in ("crashed", "failed", "stalled", "unreadable") or s.assessment.verdict is Verdict.FAILURE \
             or any(a.severity is Severity.CRITICAL for a in s.alerts):
         return EXIT_FAILURE
-    if s.recommendation.code in ("stale_lock", "interrupted", "foreign_lock") or s.assessment.verdict is Verdict.WARNING \
+    if s.recommendation.code in ("stale_lock", "interrupted", "foreign_lock", "no_final_checkpoint") or s.assessment.verdict is Verdict.WARNING \
             or any(a.severity is Severity.WARNING for a in s.alerts) or s.read.get("note"):
         code = EXIT_WARNING
     return code

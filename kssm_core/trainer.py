@@ -7,6 +7,7 @@ Writes the run folder described in docs/run-folder.md. Exit codes: 0 completed,
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -25,13 +26,14 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt
+from .archive import ArchiveError, archive_previous_run, previous_run_files
 from .atomic import atomic_write_bytes
 from .config import STAGE_TARGETS, ModelConfig, TrainConfig, model_config_for
 from .corpus import CorpusError, load_corpus
 from .data import BatchSampler, Tokenizer, prepare_tokens, val_batches
 from .distributed import SINGLE, Dist, NullEventWriter, NullTextLog, ShardSampler, rng_for_rank, split_batch
 from .events import STEP_HEADER, EventWriter, TextLog, format_step_line
-from .lock import LOCK_NAME, LockHeld, RunLock
+from .lock import LOCK_NAME, LockHeld, RunLock, lock_state, read_lock
 from .model import KSSM
 from .precision import autocast, resolve_precision
 
@@ -147,7 +149,8 @@ class Trainer:
         try:
             stale = lock.acquire() if self.dist.is_main else None
         except LockHeld as exc:
-            self._say(str(exc))
+            foreign = lock_state(read_lock(self.out))[0] == "foreign"  # nothing here can prove it stale
+            self._say(str(exc) + (f" (if that trainer is gone for good: kssm unlock --force {self.out})" if foreign else ""))
             refused = True
         except OSError as exc:  # e.g. a read-only run folder: no temp file for the lock
             self._say(f"cannot create {self.out / LOCK_NAME}: {exc.strerror or exc}")
@@ -158,11 +161,20 @@ class Trainer:
         if install_signals:
             self.stop.install()
         main = self.dist.is_main
+        try:
+            archived = self._archive_previous_run() if main and not self.requested.resume else None
+        except (ArchiveError, OSError) as exc:
+            self._say(f"cannot move the previous run in {self.out} aside: {getattr(exc, 'strerror', None) or exc}")
+            lock.release()
+            return EXIT_REFUSED
         self.events = EventWriter(self.out / "events.jsonl") if main else NullEventWriter()
         self.log = TextLog(self.out / "training.log", echo=self.echo) if main else NullTextLog()
         hb = threading.Thread(target=self._heartbeat, name="kssm-heartbeat", daemon=True)
         hb.start()
         try:
+            if archived is not None:
+                self._warn("previous_run_archived", f"this folder held an earlier run: moved its files to {archived}",
+                           "nothing lost; `kssm status` and `kssm clean` now see only this run")
             if stale is not None:
                 self._warn("stale_lock", f"took over a stale lock left by {stale.describe}", "none needed")
             for path in (ckpt.remove_stale_temps(self.out) if main else []):  # left by a save that was killed
@@ -183,6 +195,15 @@ class Trainer:
             self.events.close()
             self.log.close()
 
+    def _archive_previous_run(self) -> Path | None:
+        """A fresh start into a folder holding a run: move that run to previous/<UTC time>/ first."""
+        init = self.requested.init_from
+        moved = [os.path.abspath(p) for p in previous_run_files(self.out)]
+        dest = archive_previous_run(self.out)
+        if dest is not None and init and os.path.abspath(init) in moved:  # --init-from pointed into the old run
+            self.requested = dataclasses.replace(self.requested, init_from=str(dest / Path(init).name))
+        return dest
+
     def _say(self, line: str) -> None:
         if self.log is not None:
             self.log.write(line)
@@ -193,8 +214,9 @@ class Trainer:
         self.events.emit("warning", code=code, message=message, advice=advice)
         self._say(f"WARNING [{code}] {message} -> {advice}")
 
-    def _end(self, status: str, reason: str, advice: str | None = None, step: int | None = None) -> None:
-        self.events.emit("run_end", status=status, reason=reason, advice=advice, step=step if step is not None else self.progress.step)
+    def _end(self, status: str, reason: str, advice: str | None = None, step: int | None = None, **extra: Any) -> None:
+        self.events.emit("run_end", status=status, reason=reason, advice=advice,
+                         step=step if step is not None else self.progress.step, **extra)
         self.events.sync()
         self._say(f"RUN END: {status} ({reason})" + (f" -> {advice}" if advice else ""))
 
@@ -215,7 +237,13 @@ class Trainer:
             if found is not None and found.step < 0:
                 found = None
             if found is None:
-                self._warn("nothing_to_resume", f"no loadable checkpoint in {self.out}", "starting from step 0")
+                original = recorded_init_from(self.out) if cfg.init_from is None else None
+                if original:  # killed before its first checkpoint: keep the weights it started from
+                    cfg = dataclasses.replace(cfg, init_from=original)
+                    self._warn("nothing_to_resume", f"no loadable checkpoint in {self.out}",
+                               f"no checkpoint yet: starting over from the original --init-from {original}")
+                else:
+                    self._warn("nothing_to_resume", f"no loadable checkpoint in {self.out}", "starting from step 0")
             else:
                 saved = TrainConfig.from_dict(found.state["config"])
                 changed = []
@@ -309,6 +337,7 @@ class Trainer:
         self.dist.same_everywhere("the step to resume from", step)
         self.step_model = self.dist.wrap(model, device)  # LossModule (under DDP when world > 1)
         self._last_ckpt_bytes = found.path.stat().st_size if found is not None else None
+        self.saved_step = step if found is not None else None  # resumed at the max: already saved
         if self.dist.is_main:
             self._write_config_json(model_cfg)
         self.events.emit(
@@ -428,10 +457,18 @@ class Trainer:
                 self._evaluate(step)
             if due_save:
                 self._save(step)
+        # a final save skipped for low disk (or a full one) leaves nothing to resume or chain from at this step
+        final = self.saved_step == step or not self.dist.is_main
         if stopping:
-            self._end("interrupted", f"stopped by {stopping}", advice="resume with --resume", step=step)
+            self._end("interrupted", f"stopped by {stopping}", advice="resume with --resume", step=step,
+                      final_checkpoint=final)
             return EXIT_INTERRUPTED
-        self._end("completed", "max_steps reached", step=step)
+        if not final:
+            self._end("completed", "max_steps reached", step=step, final_checkpoint=False,
+                      advice=f"the final checkpoint was not saved (disk low): free space, then "
+                             f"kssm train --output-dir {self.out} --resume --max-steps {cfg.max_steps}")
+            return EXIT_COMPLETED
+        self._end("completed", "max_steps reached", step=step, final_checkpoint=True)
         return EXIT_COMPLETED
 
     def _log_step(self, step: int, m: dict, lr: float, tokens_per_s: float) -> None:
@@ -520,7 +557,8 @@ class Trainer:
         if free < estimate + DISK_MARGIN_BYTES:
             self._warn(
                 "disk_low",
-                f"skipped {name}: {free / 1e6:.0f} MB free, needs about {estimate / 1e6:.0f} MB",
+                f"skipped {name}: {free / 1e6:.0f} MB free, needs about {estimate / 1e6:.0f} MB "
+                f"+ {DISK_MARGIN_BYTES / 1e6:.0f} MB margin",
                 f"free space, e.g. `kssm clean {self.out}`",
             )
             return False
@@ -533,6 +571,7 @@ class Trainer:
         return 3 * n + 1_000_000  # weights + two Adam moments + the rest
 
     def _save(self, step: int) -> None:
+        """Save checkpoint_{step}.pt; self.saved_step records the newest step actually on disk."""
         name = f"checkpoint_{step}.pt"
         self.progress.phase = "save"
         rng_per_rank = self.dist.gather(rng_state()) if self.dist.world > 1 else None  # every rank's stream
@@ -547,6 +586,7 @@ class Trainer:
                 self._warn("disk_full", str(exc), f"free space, e.g. `kssm clean {self.out}`")
             else:
                 self._last_ckpt_bytes = nbytes
+                self.saved_step = step
                 self.events.emit("checkpoint", step=step, path=name, bytes=nbytes, best=False)
                 self._say(f"saved {name} ({nbytes / 1e6:.1f} MB)")
                 for path in ckpt.prune(self.out, self.cfg.keep_checkpoints, STAGE_TARGETS | {self.cfg.max_steps}):
@@ -574,6 +614,33 @@ class Trainer:
             self._warn("disk_full", str(exc), f"free space, e.g. `kssm clean {self.out}`")
             return
         self.events.emit("checkpoint", step=step, path=ckpt.BEST_NAME, bytes=nbytes, best=True, val_loss=val_loss)
+
+
+def recorded_init_from(run_dir: Path) -> str | None:
+    """The --init-from this folder's run was started with: config.json's, else the newest run_start's."""
+    try:
+        body = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+        value = body["train"]["init_from"]
+        if isinstance(value, str) and value:
+            return value
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    found = None
+    try:
+        with open(run_dir / "events.jsonl", "rb") as fh:
+            for line in fh:
+                if b'"run_start"' not in line:
+                    continue
+                try:
+                    event = json.loads(line)
+                    value = event["config"]["init_from"] if event.get("event") == "run_start" else None
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    continue
+                if event.get("event") == "run_start":
+                    found = value if isinstance(value, str) and value else None
+    except OSError:
+        return None
+    return found
 
 
 def train(cfg: TrainConfig, echo: TextIO | None = sys.stdout, overrides: dict | None = None, dist: Dist | None = None) -> int:

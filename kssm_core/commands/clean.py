@@ -1,7 +1,7 @@
 """`kssm clean DIR`: delete old checkpoint_*.pt files, never best_model.pt or the newest loadable one.
 
-Exit codes: 0 done (or nothing to do, or --dry-run); 1 nothing deleted (bad DIR, no --yes on a pipe,
-cancelled) or some files could not be deleted (one stderr line each: "kssm clean: NAME: why").
+Exit codes: 0 done (or nothing to do, or --dry-run); 1 nothing deleted (bad DIR, a runs root such as
+results/ instead of a run folder, no --yes on a pipe, cancelled) or some files could not be deleted (one stderr line each: "kssm clean: NAME: why").
 """
 
 from __future__ import annotations
@@ -33,6 +33,11 @@ def run(args: argparse.Namespace) -> int:
     for path, size in plan.delete:
         print(f"delete  {path}  {size / 1e6:.1f} MB")
     if not plan.delete:
+        inside = _run_folders_inside(args.run_dir) if not plan.keep else []
+        if inside:  # a runs root (results/): its checkpoints are one level down
+            print(f"kssm clean: no checkpoints in {args.run_dir} itself; it holds run folders: name one, "
+                  f"e.g. kssm clean {inside[0]} ({', '.join(p.name for p in inside)})", file=sys.stderr)
+            return 1
         print("nothing to delete")
         return 0
     print(f"total   {plan.bytes_freed / 1e6:.1f} MB in {len(plan.delete)} file(s)")
@@ -53,3 +58,15 @@ def run(args: argparse.Namespace) -> int:
     for line in problems:
         print(f"kssm clean: {line}", file=sys.stderr)
     return 1 if problems else 0
+
+
+def _run_folders_inside(folder: str) -> list:
+    """Run folders one level below `folder` (not an archive of earlier runs: previous/ is never cleaned)."""
+    from pathlib import Path
+
+    from ..archive import ARCHIVE_DIR
+    from ..status import find_run_dirs, is_run_dir
+
+    if is_run_dir(Path(folder)):
+        return []
+    return [p for p in find_run_dirs(folder) if p.name != ARCHIVE_DIR]

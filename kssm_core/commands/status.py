@@ -90,8 +90,22 @@ def _report(runs, paths, criteria, args, followers) -> int:
 
 
 def _nothing_message(paths) -> str:
+    """No run folder found: the stage to start is named by the folder (stage1..stage4, final), else stage 1."""
+    from pathlib import Path
+
+    from ..config import STAGES
+    from ..playbook import init_from_args, shlex
+
     where = ", ".join(str(p) for p in paths)
-    return f"no run folders under {where}: ALL CLEAR: safe to start: kssm train --stage 1"
+    args = ["kssm", "train", "--stage", "1"]
+    if len(paths) == 1:
+        p = Path(paths[0])
+        st = next((s for s in STAGES if s.output_dir == p.name), None)
+        if st is not None:
+            args = ["kssm", "train", "--stage", str(st.number), "--output-dir", str(p)] + init_from_args(p.parent, st.number)
+        elif str(p) not in ("results", "results/"):
+            args += ["--runs-root", str(p)]
+    return f"no run folders under {where}: ALL CLEAR: safe to start: {shlex.join(args)}"
 
 
 def format_status(s) -> str:

@@ -116,8 +116,11 @@ def _check_nproc(nproc: int, cfg: TrainConfig) -> str | None:
         return str(exc)
     info = read_lock(cfg.output_dir)
     state, reason = lock_state(info)
+    force = f" (if that trainer is gone for good: kssm unlock --force {cfg.output_dir})"
     if info is not None and info.unreadable:
-        return f"{cfg.output_dir}: {reason}"
-    if state in ("live", "foreign"):
+        return f"{cfg.output_dir}: {reason}{force}"
+    if state == "foreign":
+        return f"{cfg.output_dir}/training.lock {reason}; another trainer owns this folder{force}"
+    if state == "live":
         return f"{cfg.output_dir}/training.lock {reason}; another trainer owns this folder (stop it first, or use another --output-dir)"
     return None
