@@ -140,6 +140,8 @@ def run_state(history: RunHistory, has_events: bool, lock: str, verdict: Verdict
         return "failed", f"the trainer failed: {reason}"
     if lock == "stale":
         return "stale lock", "completed, but a stale lock remains"
+    if end.get("final_checkpoint") is False:  # disk low at the end: best_model.pt may be stale, nothing to resume
+        return "warning", "completed without its final checkpoint (disk low): free space, then resume"
     if verdict == Verdict.HEALTHY:
         return "passed", "completed; the stage passes the decision matrix"
     if verdict == Verdict.WARNING:

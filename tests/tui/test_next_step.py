@@ -39,3 +39,18 @@ def test_current_stage_is_the_running_one_else_the_newest_started():
     assert current_stage({1: "not started", 2: "not started"}) is None
     assert current_stage({1: "passed", 2: "crashed", 3: "not started"}) == 2
     assert current_stage({1: "passed", 2: "running", 3: "failed"}) == 2
+
+
+def test_a_run_completed_without_its_final_checkpoint_is_not_passed():
+    from kssm_core.history import RunHistory
+    from kssm_core.verdicts import Verdict
+    from kssm_tui.assess import run_state
+
+    h = RunHistory()
+    h.extend([{"event": "run_start", "t": 1.0, "stage": 1, "max_steps": 100, "start_step": 0},
+              {"event": "run_end", "t": 2.0, "status": "completed", "reason": "max_steps reached", "step": 100,
+               "final_checkpoint": False}])
+    state, reason = run_state(h, True, "none", Verdict.HEALTHY)
+    assert state == "warning" and "without its final checkpoint" in reason
+    h.run_end = dict(h.run_end, final_checkpoint=True)
+    assert run_state(h, True, "none", Verdict.HEALTHY)[0] == "passed"
