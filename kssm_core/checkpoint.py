@@ -109,7 +109,8 @@ def _why(text: str, exc: Exception) -> str:
     for line in text.splitlines():
         line = line.strip().removeprefix("WeightsUnpickler error:").strip()
         if line and not line.startswith(_BOILERPLATE):
-            return line[:160]
+            line = line.split(". ", 1)[0]  # its first sentence: torch goes on about internals after it
+            return line if len(line) <= 160 else line[:157] + "..."
     return type(exc).__name__
 
 

@@ -238,3 +238,13 @@ def test_remove_stale_temps_also_removes_a_killed_config_json_write(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     assert [p.name for p in remove_stale_temps(tmp_path)] == [".config.json.x7q2.tmp"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
+
+
+def test_a_truncated_checkpoint_names_the_reason_in_one_short_sentence(tmp_path):
+    path = tmp_path / "checkpoint_4.pt"
+    torch.save({"model_state": {"w": torch.zeros(1000)}}, path)
+    path.write_bytes(path.read_bytes()[:3000])
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    msg = str(err.value)
+    assert "unreadable" in msg and msg.endswith(")") and "If you are seeing this error" not in msg
