@@ -15,6 +15,7 @@ import math
 import os
 import re
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,7 @@ class RunStatus:
     process: str  # alive | dead | unknown
     lock: str  # none | live | stale | foreign
     lock_reason: str
-    newest_checkpoint: dict | None  # {"path", "step", "bytes"}
+    newest_checkpoint: dict | None  # {"path", "step", "bytes", "intact"}
     best_val_loss: float | None
     latest: dict[str, float | None]
     run_end: dict | None
@@ -262,7 +263,10 @@ def _newest_checkpoint(run_dir: Path, history: RunHistory) -> dict | None:
     except OSError:
         pass
     if best is not None:
-        return {"path": best[1], "step": best[0], "bytes": best[2]}
+        # torch.save writes a zip: a missing central directory is the usual mark of a save cut short. Reading
+        # the file's tail is cheap and needs no torch (kssm status stays fast); --resume loads it for real.
+        return {"path": best[1], "step": best[0], "bytes": best[2],
+                "intact": zipfile.is_zipfile(Path(run_dir) / best[1])}
     return None
 
 

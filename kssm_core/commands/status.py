@@ -125,6 +125,8 @@ def format_status(s) -> str:
     lines.append(f"  process: {proc}   lock: {s.lock} ({c(s.lock_reason)})")
     ck = s.newest_checkpoint
     ck_text = f"{ck['path']} (step {ck['step']}, {ck['bytes'] / 1e6:.1f} MB)" if ck else "none"
+    if ck and not ck.get("intact", True):
+        ck_text += " DAMAGED (not a complete file): --resume will skip it for an older one"
     best = f"{s.best_val_loss:.4f}" if s.best_val_loss is not None else "-"
     lines.append(f"  newest checkpoint: {c(ck_text)}   best val loss: {best}")
     disk, mem = s.disk, s.memory

@@ -313,3 +313,18 @@ def test_a_failed_cache_write_keeps_the_old_cache_and_leaves_no_temp_file(tmp_pa
     assert s.state == "completed"
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [cache_file.name]
     assert cache_file.read_bytes() == before
+
+
+def test_a_cut_short_newest_checkpoint_is_flagged_damaged(tmp_path, capsys):
+    import torch
+
+    d = write_run(tmp_path / "stage1", [{"event": "schema", "t": 1.0, "name": "kssm-events", "version": 1}])
+    for step in (50, 100):
+        torch.save({"model_state": {"w": torch.zeros(500)}, "step": step}, d / f"checkpoint_{step}.pt")
+    assert run_status(d).newest_checkpoint["intact"] is True
+    full = (d / "checkpoint_100.pt").read_bytes()
+    (d / "checkpoint_100.pt").write_bytes(full[: len(full) // 2])
+    s = run_status(d)
+    assert s.newest_checkpoint == {"path": "checkpoint_100.pt", "step": 100, "bytes": len(full) // 2, "intact": False}
+    main(["status", str(d)])
+    assert "DAMAGED" in capsys.readouterr().out
