@@ -1,0 +1,47 @@
+"""The cockpit's keys as data: the footer, the help screen, the command palette and --readonly read one table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual.binding import Binding
+
+
+@dataclass(frozen=True)
+class Key:
+    key: str
+    action: str
+    label: str
+    help: str
+    mutates: bool = False  # disabled under --readonly
+    show: bool = True  # in the footer
+
+
+KEYS: tuple[Key, ...] = (
+    Key("n", "next_stage", "Next stage", "start the next stage (Stage 1 on a fresh machine)", mutates=True),
+    Key("r", "resume", "Resume", "resume the shown run from its newest checkpoint (clears a stale lock)", mutates=True),
+    Key("s", "stop", "Stop", "stop the trainer gracefully: it saves and exits (asks first)", mutates=True),
+    Key("u", "unlock", "Unlock", "clear a stale lock (refuses a live one)", mutates=True),
+    Key("c", "clean", "Clean", "delete old checkpoints (lists the files first)", mutates=True),
+    Key("e", "eval", "Eval", "run `kssm eval all` on the shown run's best model", mutates=True, show=False),
+    Key("l", "toggle_log", "Log", "log-scale toggle for val PPL and grad norm"),
+    Key("m", "toggle_smooth", "Smooth", "smoothing toggle for the charts"),
+    Key("g", "next_chart", "Chart", "show the next chart (loss, val PPL, R, u_val, grad norm)", show=False),
+    Key("1-5", "select", "Stage", "show stage 1..5", show=False),
+    Key("0", "show_attached", "Attached", "show the --attach folder again (after 1-5)", show=False),
+    Key("?", "help", "Help", "this screen"),
+    Key("q", "quit", "Quit", "quit; a running trainer keeps running"),
+)
+MUTATING = frozenset(k.action for k in KEYS if k.mutates)
+MUTATING_KEYS = frozenset(k.key for k in KEYS if k.mutates)
+
+
+def bindings() -> list[Binding]:
+    out = []
+    for k in KEYS:
+        if k.action == "select":
+            out += [Binding(str(n), f"select({n})", f"Stage {n}", show=False, id=f"select_{n}") for n in range(1, 6)]
+        else:
+            key = "question_mark" if k.key == "?" else k.key
+            out.append(Binding(key, k.action, k.label, show=k.show, id=k.action))
+    return out

@@ -1,0 +1,228 @@
+"""The keys that change a run (n, r, s, u, c, e), as a mixin of the App.
+
+Decisions that only read the view happen on the event loop; everything that touches the disk or a
+process (lock files, spawning, signalling, deleting) runs in one serial thread worker (`_in_thread`),
+and dialogs are pushed back on the event loop. Expects from the App: controller, monitor, view,
+stages, runs_root, dash, say(), shown_dir(), _current_stage() and the `_control` lock.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from textual.worker import get_current_worker
+
+from kssm_core.config import stage as stage_of
+from kssm_core.lock import LockHeld, lock_state, read_lock, unlock
+
+from . import controller as ctl
+from .dialogs.clean import CleanDialog
+from .dialogs.confirm import ConfirmDialog
+
+
+class RunActions:
+    """n / r / s / u / c / e and the thread jobs behind them."""
+
+    def _in_thread(self, job: Callable[[], None]) -> None:
+        """Lock files, process spawns and signals run in a thread worker: the event loop never waits on them.
+        One job at a time, in key order, so each sees what the previous one did (e.g. n pressed twice)."""
+        def serial() -> None:
+            with self._control:
+                job()
+
+        self.run_worker(serial, thread=True, group="control", exit_on_error=False)
+
+    def _say_from_thread(self, text: str, **kw) -> None:
+        self.call_from_thread(self.say, text, **kw)
+
+    def _spawn(self, command: list[str], run_dir: Path, what: str) -> None:
+        """Thread: start the trainer and say so."""
+        if self.controller.child_alive():
+            self._say_from_thread("a trainer is already running: stop it (s) or wait", severity="warning")
+            return
+        try:
+            child = self.controller.spawn(command, run_dir)
+        except OSError as exc:
+            self._say_from_thread(f"could not start the trainer: {exc}", severity="error")
+            return
+        self._say_from_thread(f"{what}: trainer PID {child.proc.pid}, output in {run_dir / ctl.TRAINER_OUT}",
+                              timeout=5)
+        self.monitor.force.set()
+
+    def _start_stage(self, number: int) -> None:
+        self.monitor.selected = number
+        command, run_dir = ctl.stage_command(self.runs_root, number), ctl.stage_dir(self.runs_root, number)
+        self._in_thread(lambda: self._spawn(command, run_dir, f"Stage {number} started"))
+        self.dash.show_stages(self.stages, number, number)
+
+    def action_next_stage(self) -> None:
+        if self.controller.child_alive() or any(s.state == "running" for s in self.stages.values()):
+            self.say("a trainer is already running: stop it (s) or wait", severity="warning")
+            return
+        if not self.stages:
+            self.say("still reading the run folders; try again in a moment", severity="warning")
+            return
+        cur = self._current_stage()
+        if cur is None:
+            self._start_stage(1)
+            return
+        info = self.stages[cur]
+        if info.step is None and info.state in ("failed", "not started"):  # it never trained: try it again
+            self._start_stage(cur)
+            return
+        if info.state in ("crashed", "interrupted", "stale lock"):
+            self.say(f"Stage {cur} is {info.state}: press r to resume it first", severity="warning")
+            return
+        if cur >= 5:
+            self.say(f"Stage 5 is the last stage ({info.state}): run the evaluation suite (e)")
+            return
+        nxt = min(cur + 1, 5)
+        if info.state == "passed":
+            self._start_stage(nxt)
+            return
+        why = list(info.failed_rows) or [f"Stage {cur} is {info.state} (verdict: {info.verdict or 'none yet'})"]
+        lines = [f"Stage {cur} has not passed the decision matrix:"] + [f"  {w}" for w in why]
+
+        def done(ok: bool | None) -> None:
+            if ok:
+                self._start_stage(nxt)
+
+        self.push_screen(ConfirmDialog(f"Start Stage {nxt} anyway?", lines, f"Start Stage {nxt}"), done)
+
+    def action_resume(self) -> None:
+        run_dir = self.shown_dir()
+        v = self.view if self.view is not None and self.view.run_dir == run_dir else None
+        if v is not None and v.end_status == "completed":
+            self.say(f"{run_dir.name} finished ({v.state}): nothing to resume; press n for the next stage",
+                     severity="warning")
+            return
+        if v is not None and v.state == "failed" and v.last_step is None:  # it never started: resume cannot help
+            self.say(f"not resuming: {v.state_reason}; fix that, then press n to start it again", severity="warning")
+            return
+        if v is not None and v.end_reason == "nan_loss":  # the same settings would diverge again
+            self.say(f"not resuming: the loss went NaN; {v.recommendation}", severity="warning", timeout=10)
+            return
+        target = v.max_steps if v is not None else None
+        if target is None and self.monitor.shown_folder()[1]:
+            target = stage_of(self.monitor.shown_folder()[1]).steps
+        self._in_thread(lambda: self._resume(run_dir, target))
+
+    def _resume(self, run_dir: Path, target: int | None) -> None:
+        """Thread: clear a provably stale lock (no second prompt), then `kssm train --resume`."""
+        state, why = lock_state(read_lock(run_dir))
+        if state in ("live", "foreign") or self.controller.child_alive():
+            self._say_from_thread(f"not resuming: {why}", severity="warning")
+            return
+        if not (run_dir / "events.jsonl").exists() and not any(run_dir.glob("checkpoint_*.pt")):
+            self._say_from_thread(f"nothing to resume in {run_dir}: press n to start a stage", severity="warning")
+            return
+        if state == "stale":
+            try:
+                unlock(run_dir)
+            except LockHeld as exc:
+                self._say_from_thread(str(exc), severity="error")
+                return
+        self._spawn(ctl.resume_command(run_dir, target), run_dir, f"resuming {run_dir.name}")
+
+    def action_stop(self) -> None:
+        run_dir = self.shown_dir()
+        self._in_thread(lambda: self._ask_stop(run_dir))
+
+    def _ask_stop(self, run_dir: Path) -> None:
+        """Thread: find the trainer's PID, then ask on the event loop; the SIGTERM goes from a thread again."""
+        pid = self.controller.trainer_pid(run_dir)
+        if pid is None:
+            self._say_from_thread(f"no live trainer in {run_dir}", severity="warning")
+            return
+
+        def done(ok: bool | None) -> None:
+            if ok:  # to the PID confirmed, not whoever holds the folder by now
+                self._in_thread(lambda: self._say_from_thread(self.controller.stop(run_dir, expected_pid=pid)))
+
+        self.call_from_thread(self.push_screen, ConfirmDialog(
+            "Stop the trainer?",
+            [f"Send SIGTERM to trainer PID {pid} in {run_dir}.",
+             "It finishes the current step, saves a checkpoint and exits (130).", "Resume later with r."],
+            "Stop", destructive=True), done)
+
+    def action_unlock(self) -> None:
+        run_dir = self.shown_dir()
+
+        def job() -> None:
+            try:
+                self._say_from_thread(unlock(run_dir))
+            except LockHeld as exc:
+                self._say_from_thread(str(exc), severity="error", timeout=6)
+            self.monitor.force.set()
+
+        self._in_thread(job)
+
+    def action_clean(self) -> None:
+        self.run_worker(self._plan_clean, thread=True, group="clean", exclusive=True, exit_on_error=False)
+
+    def _plan_clean(self) -> None:
+        """Thread: plan_clean loads checkpoints to find the newest good one (slow for big files)."""
+        from kssm_core.checkpoint import CheckpointError, plan_clean  # imports torch: only when cleaning
+
+        run_dir = self.shown_dir()
+        try:
+            plan = plan_clean(run_dir)
+        except (CheckpointError, OSError) as exc:
+            self.call_from_thread(self.say, f"cannot plan a clean of {run_dir}: {exc}", severity="error")
+            return
+        live = lock_state(read_lock(run_dir))[0] == "live"
+        if get_current_worker().is_cancelled:  # `c` pressed again meanwhile: that worker asks instead
+            return
+        self.call_from_thread(self._ask_clean, run_dir, plan, live)
+
+    def _ask_clean(self, run_dir: Path, plan, live: bool) -> None:
+        if not plan.delete:
+            self.say(f"nothing to clean in {run_dir}")
+            return
+
+        def done(ok: bool | None) -> None:
+            if ok:
+                self.run_worker(lambda: self._execute_clean(run_dir, plan), thread=True, group="clean",
+                                exit_on_error=False)
+
+        self.push_screen(CleanDialog(run_dir, plan, live), done)
+
+    def _execute_clean(self, run_dir: Path, plan) -> None:
+        """Thread: deleting multi-GB files can take seconds on a network file system."""
+        from kssm_core.checkpoint import execute_clean
+
+        freed, problems = execute_clean(plan)
+        text = f"freed {freed / 1e6:.1f} MB in {run_dir}"
+        if problems:
+            text += f"; could not delete {len(problems)}: " + "; ".join(problems)
+        self.call_from_thread(self.say, text, severity="warning" if problems else "information")
+
+    def action_eval(self) -> None:
+        run_dir = self.shown_dir()
+        self._in_thread(lambda: self._eval(run_dir))
+
+    def _eval(self, run_dir: Path) -> None:
+        """Thread: start `kssm eval all` on the run's best model."""
+        if not (run_dir / "best_model.pt").is_file():
+            self._say_from_thread(f"no best_model.pt in {run_dir} yet", severity="warning")
+            return
+        try:
+            self.controller.start_eval(run_dir)
+        except ctl.EvalBusy as exc:
+            self._say_from_thread(str(exc), severity="warning")
+            return
+        except OSError as exc:
+            self._say_from_thread(f"could not start the evaluation: {exc}", severity="error")
+            return
+        self._say_from_thread(f"evaluation started: output in {run_dir / 'eval.out'}, results in {run_dir / 'eval'}")
+
+    def _report_eval(self, run_dir: Path, rc: int) -> None:
+        """Thread: say how an evaluation we started ended (eval/summary.json's verdict when it wrote one)."""
+        summary = ctl.eval_summary(run_dir)
+        if summary is not None:
+            self._say_from_thread(f"evaluation of {run_dir} finished: {summary}",
+                                  severity="information" if summary.startswith("PASS") else "warning", timeout=10)
+        else:
+            self._say_from_thread(f"evaluation of {run_dir} ended (exit {rc}) without a summary: see "
+                                  f"{run_dir / 'eval.out'}", severity="error", timeout=10)
