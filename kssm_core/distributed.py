@@ -300,14 +300,6 @@ class Dist:
 SINGLE = Dist()
 
 
-def rng_for_rank(state: dict, rank: int) -> dict | None:
-    """The RNG state rank `rank` resumes with: its own saved stream, else None (keep the fresh seed)."""
-    per_rank = state.get("rng_per_rank")
-    if isinstance(per_rank, (list, tuple)) and rank < len(per_rank):
-        return per_rank[rank]
-    return state.get("rng") if rank == 0 else None
-
-
 # ---- the launcher: kssm train --nproc N ---------------------------------------------------------------
 def worker_argv(args) -> list[str]:
     """`kssm train` flags for the workers, rebuilt from the parsed namespace without --nproc."""

@@ -2,6 +2,7 @@
 
 Writes the run folder described in docs/run-folder.md. Exit codes: 0 completed,
 1 failed (NaN, crash, bad data), 2 refused to start (lock held, bad arguments), 130 interrupted.
+Checkpoint writing (disk-room check, atomic saves, pruning) lives in kssm_core.saving, RNG capture in kssm_core.rng.
 """
 
 from __future__ import annotations
@@ -31,14 +32,15 @@ from .atomic import atomic_write_bytes
 from .config import STAGE_TARGETS, ModelConfig, TrainConfig, model_config_for
 from .corpus import CorpusError, load_corpus
 from .data import BatchSampler, Tokenizer, prepare_tokens, val_batches
-from .distributed import SINGLE, Dist, NullEventWriter, NullTextLog, ShardSampler, rng_for_rank, split_batch
+from .distributed import SINGLE, Dist, NullEventWriter, NullTextLog, ShardSampler, split_batch
 from .events import STEP_HEADER, EventWriter, TextLog, format_step_line
 from .lock import LOCK_NAME, LockHeld, RunLock, lock_state, read_lock
 from .model import KSSM
 from .precision import autocast, resolve_precision
+from .rng import rng_for_rank, set_rng_state
+from .saving import CheckpointSaver
 
 EXIT_COMPLETED, EXIT_FAILED, EXIT_REFUSED, EXIT_INTERRUPTED = 0, 1, 2, 130
-DISK_MARGIN_BYTES = 16 * 1024 * 1024
 
 
 def pick_device(name: str) -> torch.device:
@@ -64,33 +66,34 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def rng_state() -> dict[str, Any]:
-    """Every RNG the run touches, as tensors and primitives (loadable with weights_only=True)."""
-    np_state = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": {
-            "name": np_state[0],
-            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-            "pos": int(np_state[2]),
-            "has_gauss": int(np_state[3]),
-            "cached_gaussian": float(np_state[4]),
-        },
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+def build_optimizer(model: KSSM, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (biases and norms are left alone); fused kernels on CUDA."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.learning_rate,
+        betas=(0.9, 0.95),
+        fused=device.type == "cuda",
+    )
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def restore(found: ckpt.FoundCheckpoint, model: KSSM, opt, sched, sampler, dist: Dist, lr: float) -> tuple[int, float]:
+    """Load a resume checkpoint into the freshly built run; returns (step, best_val_loss).
+
+    `lr` is the resolved --learning-rate: an override on resume takes effect instead of the saved one.
+    """
+    model.load_state_dict(found.state["model_state"])
+    opt.load_state_dict(found.state["optimizer_state"])
+    sched.load_state_dict(found.state["scheduler_state"])
+    for group in opt.param_groups:
+        group["initial_lr"] = lr
+    sched.base_lrs = [lr for _ in opt.param_groups]
+    sampler.load_state_dict(found.state["data_state"])
+    rng = rng_for_rank(found.state, dist.rank)
+    if rng is not None:
+        set_rng_state(rng)
+    return int(found.state["step"]), float(found.state.get("best_val_loss", float("inf")))
 
 
 @dataclass
@@ -291,14 +294,7 @@ class Trainer:
         model = KSSM(model_cfg).to(device)
         if init_state is not None:
             model.load_state_dict(init_state["model_state"])
-        decay = [p for p in model.parameters() if p.dim() >= 2]
-        no_decay = [p for p in model.parameters() if p.dim() < 2]
-        opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=cfg.learning_rate,
-            betas=(0.9, 0.95),
-            fused=device.type == "cuda",
-        )
+        opt = build_optimizer(model, cfg, device)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, cfg))
         try:
             if self.dist.world > 1:  # each rank its own micro-batches of the one-process order
@@ -311,16 +307,7 @@ class Trainer:
         step, best_val = 0, float("inf")
         self.dist.seed_rank(cfg.seed)  # after the model's init: ranks > 0 draw their own phase noise
         if found is not None:
-            model.load_state_dict(found.state["model_state"])
-            opt.load_state_dict(found.state["optimizer_state"])
-            sched.load_state_dict(found.state["scheduler_state"])
-            for group in opt.param_groups:  # an --learning-rate override on resume takes effect
-                group["initial_lr"] = cfg.learning_rate
-            sched.base_lrs = [cfg.learning_rate for _ in opt.param_groups]
-            sampler.load_state_dict(found.state["data_state"])
-            rng = rng_for_rank(found.state, self.dist.rank)
-            if rng is not None:
-                set_rng_state(rng)
+            step, best_val = restore(found, model, opt, sched, sampler, self.dist, cfg.learning_rate)
             saved_world = int(found.state.get("world_size", 1))
             if saved_world != self.dist.world:
                 self._warn(
@@ -329,15 +316,17 @@ class Trainer:
                     f"and global batch, but the phase-noise RNG streams differ from an uninterrupted run",
                     f"resume with --nproc {saved_world} for an exact continuation",
                 )
-            step = int(found.state["step"])
-            best_val = float(found.state.get("best_val_loss", float("inf")))
 
         self.model, self.opt, self.sched, self.sampler, self.data, self.device = model, opt, sched, sampler, data, device
         self.best_val = best_val
         self.dist.same_everywhere("the step to resume from", step)
         self.step_model = self.dist.wrap(model, device)  # LossModule (under DDP when world > 1)
-        self._last_ckpt_bytes = found.path.stat().st_size if found is not None else None
-        self.saved_step = step if found is not None else None  # resumed at the max: already saved
+        self.saver = CheckpointSaver(
+            self.out, cfg, self.dist, model=model, opt=opt, sched=sched, sampler=sampler, data=data,
+            progress=self.progress, events=self.events, say=self._say, warn=self._warn,
+            last_bytes=found.path.stat().st_size if found is not None else None,
+            saved_step=step if found is not None else None,  # resumed at the max: already saved
+        )
         if self.dist.is_main:
             self._write_config_json(model_cfg)
         self.events.emit(
@@ -456,9 +445,9 @@ class Trainer:
             if due_eval:
                 self._evaluate(step)
             if due_save:
-                self._save(step)
+                self.saver.save(step, self.best_val)
         # a final save skipped for low disk (or a full one) leaves nothing to resume or chain from at this step
-        final = self.saved_step == step or not self.dist.is_main
+        final = self.saver.saved_step == step or not self.dist.is_main
         if stopping:
             self._end("interrupted", f"stopped by {stopping}", advice="resume with --resume", step=step,
                       final_checkpoint=final)
@@ -515,7 +504,7 @@ class Trainer:
             self.log.write(f"  Val u_val: {val['u']:.3f}")
             if math.isfinite(val["loss"]) and val["loss"] < self.best_val:
                 self.best_val = val["loss"]
-                self._save_best(step, val["loss"])
+                self.saver.save_best(step, val["loss"])
         self._sample(step)
         model.train()
         self.progress.phase = "train"
@@ -531,89 +520,6 @@ class Trainer:
         mean_r = sum(r_trace) / len(r_trace) if r_trace else None
         self.events.emit("sample", step=step, prompt=cfg.sample_prompt, text=text, R=mean_r)
         self.log.write(f"  Sample: {cfg.sample_prompt}{text!r}")
-
-    # ---- checkpoints -----------------------------------------------------------------------------
-    def _state(self, step: int, rng_per_rank: list | None = None) -> dict[str, Any]:
-        cfg_dict = self.cfg.to_dict()
-        cfg_dict["data_dir_resolved"] = str(self.data.folder)
-        extra = {"world_size": self.dist.world, "rng_per_rank": rng_per_rank} if self.dist.world > 1 else {}
-        return extra | {
-            "format": ckpt.CHECKPOINT_FORMAT,
-            "step": step,
-            "model_state": self.model.state_dict(),
-            "optimizer_state": self.opt.state_dict(),
-            "scheduler_state": self.sched.state_dict(),
-            "best_val_loss": self.best_val,
-            "rng": rng_state(),
-            "data_state": self.sampler.state_dict(),
-            "config": cfg_dict,
-            "model_config": self.model.cfg.to_dict(),
-            "tokenizer_sha256": self.data.tokenizer.sha256(),
-            "tokenizer_json": self.data.tokenizer._tok.to_str(),
-        }
-
-    def _has_room(self, name: str, estimate: int) -> bool:
-        free = ckpt.free_bytes(self.out)
-        if free < estimate + DISK_MARGIN_BYTES:
-            self._warn(
-                "disk_low",
-                f"skipped {name}: {free / 1e6:.0f} MB free, needs about {estimate / 1e6:.0f} MB "
-                f"+ {DISK_MARGIN_BYTES / 1e6:.0f} MB margin",
-                f"free space, e.g. `kssm clean {self.out}`",
-            )
-            return False
-        return True
-
-    def _estimate_bytes(self) -> int:
-        if self._last_ckpt_bytes:
-            return self._last_ckpt_bytes
-        n = sum(p.numel() * p.element_size() for p in self.model.parameters())
-        return 3 * n + 1_000_000  # weights + two Adam moments + the rest
-
-    def _save(self, step: int) -> None:
-        """Save checkpoint_{step}.pt; self.saved_step records the newest step actually on disk."""
-        name = f"checkpoint_{step}.pt"
-        self.progress.phase = "save"
-        rng_per_rank = self.dist.gather(rng_state()) if self.dist.world > 1 else None  # every rank's stream
-        if not self.dist.is_main:
-            self.dist.wait_for_main()
-            self.progress.phase = "train"
-            return
-        if self._has_room(name, self._estimate_bytes()):
-            try:
-                nbytes = ckpt.atomic_save(self._state(step, rng_per_rank), self.out / name)
-            except ckpt.DiskFull as exc:
-                self._warn("disk_full", str(exc), f"free space, e.g. `kssm clean {self.out}`")
-            else:
-                self._last_ckpt_bytes = nbytes
-                self.saved_step = step
-                self.events.emit("checkpoint", step=step, path=name, bytes=nbytes, best=False)
-                self._say(f"saved {name} ({nbytes / 1e6:.1f} MB)")
-                for path in ckpt.prune(self.out, self.cfg.keep_checkpoints, STAGE_TARGETS | {self.cfg.max_steps}):
-                    self._say(f"pruned {path.name} (keeping the newest {self.cfg.keep_checkpoints})")
-        self.progress.phase = "train"
-        self.dist.wait_for_main()
-
-    def _save_best(self, step: int, val_loss: float) -> None:
-        state = {
-            "format": ckpt.CHECKPOINT_FORMAT,
-            "step": step,
-            "model_state": self.model.state_dict(),
-            "val_loss": val_loss,
-            "config": self.cfg.to_dict(),
-            "model_config": self.model.cfg.to_dict(),
-            "tokenizer_sha256": self.data.tokenizer.sha256(),
-            "tokenizer_json": self.data.tokenizer._tok.to_str(),
-        }
-        estimate = sum(p.numel() * p.element_size() for p in self.model.parameters()) + 1_000_000
-        if not self._has_room(ckpt.BEST_NAME, estimate):
-            return
-        try:
-            nbytes = ckpt.atomic_save(state, self.out / ckpt.BEST_NAME)
-        except ckpt.DiskFull as exc:
-            self._warn("disk_full", str(exc), f"free space, e.g. `kssm clean {self.out}`")
-            return
-        self.events.emit("checkpoint", step=step, path=ckpt.BEST_NAME, bytes=nbytes, best=True, val_loss=val_loss)
 
 
 def recorded_init_from(run_dir: Path) -> str | None:

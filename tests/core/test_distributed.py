@@ -22,8 +22,9 @@ import torch
 from kssm_core.checkpoint import load_checkpoint
 from kssm_core.cli import main as kssm_main
 from kssm_core.distributed import (
-    NO_NOISE_ENV, DistError, ShardSampler, finish_after_workers, rng_for_rank, split_batch, worker_argv,
+    NO_NOISE_ENV, DistError, ShardSampler, finish_after_workers, split_batch, worker_argv,
 )
+from kssm_core.rng import rng_for_rank
 from kssm_core.data import BatchSampler
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,8 +11,9 @@ from kssm_testkit import read_events, run_kssm, tiny_config, train_args
 from kssm_core import checkpoint as ckpt
 from kssm_core.archive import ARCHIVE_DIR, archive_previous_run
 from kssm_core.checkpoint import checkpoint_files, load_checkpoint, plan_clean
+from kssm_core.saving import DISK_MARGIN_BYTES
 from kssm_core.status import run_status
-from kssm_core.trainer import DISK_MARGIN_BYTES, EXIT_COMPLETED, Trainer
+from kssm_core.trainer import EXIT_COMPLETED, Trainer
 
 
 @pytest.fixture(autouse=True)

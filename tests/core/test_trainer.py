@@ -275,7 +275,7 @@ def test_disk_low_skips_the_save_with_a_warning(tmp_path, data_dir, monkeypatch)
 
 def test_disk_check_uses_the_last_checkpoint_size(tmp_path, data_dir, monkeypatch):
     # Room for exactly one more checkpoint of the size just written (plus the margin), then not.
-    from kssm_core.trainer import DISK_MARGIN_BYTES
+    from kssm_core.saving import DISK_MARGIN_BYTES
 
     out = tmp_path / "run"
     state = {"free": 10**12}
