@@ -72,7 +72,8 @@ class RunActions:
             self._start_stage(cur)
             return
         if info.state in ("crashed", "interrupted", "stale lock"):
-            self.say(f"Stage {cur} is {info.state}: press r to resume it first", severity="warning")
+            how = "press r" if self.monitor.selected in (cur, None) else f"press {cur}, then r,"  # r acts on the shown stage
+            self.say(f"Stage {cur} is {info.state}: {how} to resume it first", severity="warning")
             return
         if cur >= 5:
             self.say(f"Stage 5 is the last stage ({info.state}): run the evaluation suite (e)")

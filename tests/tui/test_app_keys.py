@@ -518,3 +518,16 @@ async def test_n_pressed_twice_quickly_starts_one_trainer(runs):
         if app.controller.child is not None:
             app.controller.child.proc.kill()
             app.controller.child.proc.wait()
+
+
+@sync
+async def test_n_on_another_stage_says_which_stage_to_show_before_r(runs):
+    crashed(runs)
+    app, spawned = make_app(runs)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await pilot.press("5", "n")  # looking at Stage 5 while Stage 1 crashed: r here would act on Stage 5
+        await until(pilot, lambda: "Stage 1 is crashed: press 1, then r, to resume it first" in notes(app))
+        await pilot.press("1", "n")
+        await until(pilot, lambda: "Stage 1 is crashed: press r to resume it first" in notes(app))
+        assert not spawned
