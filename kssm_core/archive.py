@@ -17,7 +17,7 @@ from pathlib import Path
 from .checkpoint import BEST_NAME, CHECKPOINT_RE
 
 ARCHIVE_DIR = "previous"
-RUN_FILES = ("events.jsonl", "training.log", "config.json", BEST_NAME, "eval")
+RUN_FILES = ("events.jsonl", "training.log", "config.json", BEST_NAME, "eval", "eval.out")
 
 
 class ArchiveError(Exception):

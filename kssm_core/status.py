@@ -515,6 +515,8 @@ def recommend(s: RunStatus, history: RunHistory, starting: bool = False, lock_ag
     if s.state == "crashed":
         cmd = playbook.resume_command(history, d)
         extra = " (the stale lock is taken over on resume)" if s.lock == "stale" else ""
+        if s.newest_checkpoint is None:
+            extra += " (no checkpoint yet: it starts over with the run's original settings)"
         return Recommendation("crashed", f"CRASHED at step {step}: {cmd}{extra}", cmd)
     if s.lock == "stale":
         cmd = playbook.unlock_command(d)

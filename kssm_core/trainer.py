@@ -240,27 +240,31 @@ class Trainer:
             if found is not None and found.step < 0:
                 found = None
             if found is None:
-                original = recorded_init_from(self.out) if cfg.init_from is None else None
-                if original:  # killed before its first checkpoint: keep the weights it started from
-                    cfg = dataclasses.replace(cfg, init_from=original)
+                recorded = recorded_config(self.out)
+                if recorded is not None:  # killed before its first checkpoint: start over with the settings it had
+                    cfg = self._with_overrides(TrainConfig.from_dict(recorded), cfg.output_dir)
+                    start = f" from the original --init-from {cfg.init_from}" if cfg.init_from else " from step 0"
                     self._warn("nothing_to_resume", f"no loadable checkpoint in {self.out}",
-                               f"no checkpoint yet: starting over from the original --init-from {original}")
+                               f"no checkpoint yet: starting over with the run's original settings{start}")
                 else:
                     self._warn("nothing_to_resume", f"no loadable checkpoint in {self.out}", "starting from step 0")
             else:
-                saved = TrainConfig.from_dict(found.state["config"])
-                changed = []
-                for key, value in self.overrides.items():
-                    if key in ("resume", "output_dir"):
-                        continue
-                    if getattr(saved, key, None) != value:
-                        changed.append(f"{key} {getattr(saved, key, None)!r} -> {value!r}")
-                        setattr(saved, key, value)
-                saved.resume, saved.output_dir = True, cfg.output_dir
-                if changed:
-                    self._warn("resume_overrides", "changed on resume: " + ", ".join(changed), "resume is exact only without changes")
-                cfg = saved
+                cfg = self._with_overrides(TrainConfig.from_dict(found.state["config"]), cfg.output_dir)
         return cfg.resolve(), found
+
+    def _with_overrides(self, saved: TrainConfig, output_dir: str) -> TrainConfig:
+        """The run's saved settings with the flags typed on this --resume applied on top (and said so)."""
+        changed = []
+        for key, value in self.overrides.items():
+            if key in ("resume", "output_dir"):
+                continue
+            if getattr(saved, key, None) != value:
+                changed.append(f"{key} {getattr(saved, key, None)!r} -> {value!r}")
+                setattr(saved, key, value)
+        saved.resume, saved.output_dir = True, output_dir
+        if changed:
+            self._warn("resume_overrides", "changed on resume: " + ", ".join(changed), "resume is exact only without changes")
+        return saved
 
     def _run_locked(self) -> int:
         cfg, found = self._resolve_config()
@@ -522,14 +526,14 @@ class Trainer:
         self.log.write(f"  Sample: {cfg.sample_prompt}{text!r}")
 
 
-def recorded_init_from(run_dir: Path) -> str | None:
-    """The --init-from this folder's run was started with: config.json's, else the newest run_start's."""
+def recorded_config(run_dir: Path) -> dict | None:
+    """The settings this folder's run was started with (TrainConfig as a dict): config.json's, else the
+    newest run_start's; None when neither is readable."""
     try:
         body = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-        value = body["train"]["init_from"]
-        if isinstance(value, str) and value:
-            return value
-    except (OSError, ValueError, KeyError, TypeError):
+        if isinstance(body, dict) and isinstance(body.get("train"), dict):
+            return body["train"]
+    except (OSError, ValueError):
         pass
     found = None
     try:
@@ -539,11 +543,10 @@ def recorded_init_from(run_dir: Path) -> str | None:
                     continue
                 try:
                     event = json.loads(line)
-                    value = event["config"]["init_from"] if event.get("event") == "run_start" else None
-                except (ValueError, KeyError, TypeError, AttributeError):
+                except ValueError:
                     continue
-                if event.get("event") == "run_start":
-                    found = value if isinstance(value, str) and value else None
+                if isinstance(event, dict) and event.get("event") == "run_start" and isinstance(event.get("config"), dict):
+                    found = event["config"]
     except OSError:
         return None
     return found

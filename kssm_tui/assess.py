@@ -81,7 +81,7 @@ def next_step(code: str | None, text: str, shown: int | None, current: int | Non
     if readonly or code is None:
         return text
     if code in ("crashed", "interrupted"):
-        return f"press r to resume from the newest checkpoint ({text})"
+        return f"press r to resume ({text})"
     if code == "stale_lock":
         return f"press u to clear the stale lock ({text})"
     if code == "all_clear" and shown is not None and current is not None and shown > current + 1:

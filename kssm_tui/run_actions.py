@@ -73,7 +73,7 @@ class RunActions:
             return
         if info.state in ("crashed", "interrupted", "stale lock"):
             how = "press r" if self.monitor.selected in (cur, None) else f"press {cur}, then r,"  # r acts on the shown stage
-            self.say(f"Stage {cur} is {info.state}: {how} to resume it first", severity="warning")
+            self.say(f"Stage {cur} ({info.state}): {how} to resume it first", severity="warning")
             return
         if cur >= 5:
             self.say(f"Stage 5 is the last stage ({info.state}): run the evaluation suite (e)")
@@ -111,8 +111,13 @@ class RunActions:
 
     def _resume(self, run_dir: Path, target: int | None) -> None:
         """Thread: clear a provably stale lock (no second prompt), then `kssm train --resume`."""
+        if self.controller.child_alive():  # e.g. r pressed again while the first resume is still starting
+            pid = self.controller.child.proc.pid
+            self._say_from_thread(f"not resuming: a trainer this cockpit started is running (PID {pid})",
+                                  severity="warning")
+            return
         state, why = lock_state(read_lock(run_dir))
-        if state in ("live", "foreign") or self.controller.child_alive():
+        if state in ("live", "foreign"):
             self._say_from_thread(f"not resuming: {why}", severity="warning")
             return
         if not (run_dir / "events.jsonl").exists() and not any(run_dir.glob("checkpoint_*.pt")):

@@ -36,31 +36,35 @@ def starts(run_dir):
 def test_resume_before_any_checkpoint_starts_over_from_the_original_init_from(trained_run, tmp_path, data_dir):
     init = str(trained_run / "best_model.pt")
     out = tmp_path / "stage2"
-    r = run_kssm(*train_args(out, data_dir, "--max-steps", "1", "--init-from", init))
+    r = run_kssm(*train_args(out, data_dir, "--max-steps", "1", "--init-from", init,
+                             "--learning-rate", "0.0003", "--lambda-reg", "0.05", "--seed", "7"))
     assert r.returncode == 0, r.stderr
     for p in out.glob("*.pt"):  # as if SIGKILLed before its first checkpoint
         p.unlink()
-    r = run_kssm(*train_args(out, data_dir, "--max-steps", "1", "--resume"))
+    r = run_kssm(*train_args(out, data_dir, "--max-steps", "2", "--resume"))
     assert r.returncode == 0, r.stderr
-    last = starts(out)[-1]
+    first, last = starts(out)[0], starts(out)[-1]
     assert last["resumed_from"] is None and last["start_step"] == 0
     assert last["config"]["init_from"] == init  # not random weights
+    for key in ("learning_rate", "lambda_reg", "seed", "stage", "preset"):  # nor default settings
+        assert last["config"][key] == first["config"][key], key
+    assert last["config"]["max_steps"] == 2  # what was typed on the resume still applies
     (w,) = warnings(out, "nothing_to_resume")
-    assert f"no checkpoint yet: starting over from the original --init-from {init}" in w["advice"]
-    assert "starting over from the original --init-from" in (out / "training.log").read_text()
+    assert f"no checkpoint yet: starting over with the run's original settings from the original --init-from {init}" in w["advice"]
+    assert "starting over with the run's original settings" in (out / "training.log").read_text()
 
 
-def test_recorded_init_from_reads_config_json_else_the_newest_run_start(tmp_path):
-    from kssm_core.trainer import recorded_init_from
+def test_recorded_config_reads_config_json_else_the_newest_run_start(tmp_path):
+    from kssm_core.trainer import recorded_config
 
-    assert recorded_init_from(tmp_path) is None
+    assert recorded_config(tmp_path) is None
     with open(tmp_path / "events.jsonl", "w") as fh:
         for init in ("old.pt", "new.pt"):
             fh.write(json.dumps({"event": "run_start", "t": 1.0, "config": {"init_from": init}}) + "\n")
         fh.write("{damaged\n")
-    assert recorded_init_from(tmp_path) == "new.pt"
-    (tmp_path / "config.json").write_text(json.dumps({"train": {"init_from": "cfg.pt"}}))
-    assert recorded_init_from(tmp_path) == "cfg.pt"
+    assert recorded_config(tmp_path) == {"init_from": "new.pt"}
+    (tmp_path / "config.json").write_text(json.dumps({"train": {"init_from": "cfg.pt", "learning_rate": 3e-4}}))
+    assert recorded_config(tmp_path) == {"init_from": "cfg.pt", "learning_rate": 3e-4}
 
 
 # ---- 3. a fresh start into a folder that holds a run -----------------------------------------------------
@@ -73,6 +77,7 @@ def test_fresh_start_moves_the_previous_run_to_previous(run_copy, data_dir, tmp_
     (out / "trainer.out").write_text("cockpit output\n")
     (out / "eval").mkdir()
     (out / "eval" / "summary.json").write_text("{}")
+    (out / "eval.out").write_text("the old model's evaluation\n")
     outside = tmp_path / "elsewhere.pt"
     outside.write_bytes(b"not followed")
     (out / "checkpoint_99.pt").symlink_to(outside)
@@ -82,7 +87,7 @@ def test_fresh_start_moves_the_previous_run_to_previous(run_copy, data_dir, tmp_
 
     (archived,) = list((out / ARCHIVE_DIR).iterdir())
     names = {p.name for p in archived.iterdir()}
-    assert {"events.jsonl", "training.log", "config.json", "best_model.pt", "eval",
+    assert {"events.jsonl", "training.log", "config.json", "best_model.pt", "eval", "eval.out",
             "checkpoint_2.pt", "checkpoint_4.pt", "checkpoint_6.pt", "checkpoint_99.pt"} <= names
     assert (archived / "checkpoint_99.pt").is_symlink() and outside.read_bytes() == b"not followed"
     assert load_checkpoint(archived / "best_model.pt")["val_loss"] == old_best  # not overwritten

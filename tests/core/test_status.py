@@ -115,6 +115,9 @@ def test_crashed(tmp_path, with_lock):
     assert s.recommendation.text.startswith("CRASHED at step 300: kssm train")
     assert s.recommendation.command == f"kssm train --output-dir {d} --resume --max-steps 500"
     assert s.exit_code == 2 and any(a.code == "crashed" for a in s.alerts)
+    assert "no checkpoint yet: it starts over with the run's original settings" in s.recommendation.text
+    (d / "checkpoint_200.pt").write_bytes(b"PK")  # a checkpoint to resume from: no such note
+    assert "no checkpoint yet" not in run_status(d).recommendation.text
 
 
 def test_completed_healthy_says_all_clear_for_the_next_stage(tmp_path):

@@ -527,7 +527,7 @@ async def test_n_on_another_stage_says_which_stage_to_show_before_r(runs):
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot)
         await pilot.press("5", "n")  # looking at Stage 5 while Stage 1 crashed: r here would act on Stage 5
-        await until(pilot, lambda: "Stage 1 is crashed: press 1, then r, to resume it first" in notes(app))
+        await until(pilot, lambda: "Stage 1 (crashed): press 1, then r, to resume it first" in notes(app))
         await pilot.press("1", "n")
-        await until(pilot, lambda: "Stage 1 is crashed: press r to resume it first" in notes(app))
+        await until(pilot, lambda: "Stage 1 (crashed): press r to resume it first" in notes(app))
         assert not spawned
