@@ -62,22 +62,11 @@ def checkpoint_need(history: RunHistory) -> CheckpointNeed:
     return CheckpointNeed(size, remaining, kept, (kept + 1) * size if size is not None else None, estimated)
 
 
-def _last(history: RunHistory, name: str) -> tuple[int, float] | None:
-    col = history.steps.cols[name]
-    for i in range(len(col) - 1, -1, -1):
-        if math.isfinite(col[i]):
-            return history.steps.steps[i], col[i]
-    return None
-
-
-def _reg_negative(history: RunHistory, step: int, reg: float) -> Alert:
+def _reg_negative(history: RunHistory, at: int) -> Alert:
     """The spec's band calls reg < 0 a numerical error, but the formula itself goes below 0 when mean u > 1
     (-log(mean u) < 0) and the determinant term is small: then it is a warning with that explanation."""
-    steps = history.steps.steps
-    at = len(steps) - 1
-    while at > 0 and steps[at] != step:  # the reg reading is the newest finite one: at or near the end
-        at -= 1
-    u_val = history.steps.cols["u_val"][at]
+    steps = history.steps
+    step, reg, u_val = steps.steps[at], steps.cols["reg"][at], steps.cols["u_val"][at]
     if math.isfinite(u_val) and u_val > 1.0:
         return Alert("reg_negative", Severity.WARNING,
                      f"reg loss {reg:.4f} at step {step} < 0, explained by mean u {u_val:.3g} > 1 "
@@ -87,9 +76,10 @@ def _reg_negative(history: RunHistory, step: int, reg: float) -> Alert:
 
 def metric_alerts(history: RunHistory, c: Criteria = DEFAULT, run_dir: str | Path | None = None) -> list[Alert]:
     out: list[Alert] = []
-    g = _last(history, "grad_norm")
+    steps = history.steps
+    g = steps.last_finite("grad_norm")
     if g is not None:
-        step, v = g
+        step, v = steps.steps[g], steps.cols["grad_norm"][g]
         if v > c.grad_exploding:
             out.append(Alert("grad_exploding", Severity.CRITICAL,
                              f"grad norm {v:.4g} at step {step} > {c.grad_exploding:g} (healthy 1-10): exploding",
@@ -98,11 +88,11 @@ def metric_alerts(history: RunHistory, c: Criteria = DEFAULT, run_dir: str | Pat
         elif v < c.grad_vanishing:
             out.append(Alert("grad_vanishing", Severity.WARNING,
                              f"grad norm {v:.3g} at step {step} < {c.grad_vanishing:g} (healthy 1-10): vanishing"))
-    r = _last(history, "reg")
+    r = steps.last_finite("reg")
     if r is not None:
-        step, v = r
+        step, v = steps.steps[r], steps.cols["reg"][r]
         if v < 0:
-            out.append(_reg_negative(history, step, v))
+            out.append(_reg_negative(history, r))
         elif v > c.reg_high:
             lam = playbook.raise_lambda_reg(history.config.get("lambda_reg"))
             out.append(Alert("reg_high", Severity.WARNING,

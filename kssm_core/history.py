@@ -119,6 +119,14 @@ class Series:
                 cols[f].append(v)
         return bad
 
+    def last_finite(self, name: str) -> int | None:
+        """Index of the newest finite reading of a column (NaN/inf skipped), or None."""
+        col = self.cols[name]
+        for i in range(len(col) - 1, -1, -1):
+            if math.isfinite(col[i]):
+                return i
+        return None
+
     def last(self, name: str) -> float | None:
         col = self.cols[name]
         for v in reversed(col):

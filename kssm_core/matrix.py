@@ -87,11 +87,8 @@ def zones_visited(r_values, c: Criteria = DEFAULT) -> list[str]:
 
 
 def _last_eval(history: RunHistory, name: str) -> tuple[int, float] | None:
-    col = history.evals.cols[name]
-    for i in range(len(col) - 1, -1, -1):
-        if math.isfinite(col[i]):
-            return history.evals.steps[i], col[i]
-    return None
+    i = history.evals.last_finite(name)
+    return None if i is None else (history.evals.steps[i], history.evals.cols[name][i])
 
 
 # ---- the rows -------------------------------------------------------------------------------------------

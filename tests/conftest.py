@@ -7,6 +7,8 @@ The helpers live in kssm_testkit.py (tests import them from there, not from this
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,3 +46,12 @@ def run_copy(trained_run, tmp_path) -> Path:
     dst = tmp_path / "run"
     shutil.copytree(trained_run, dst)
     return dst
+
+
+@pytest.fixture
+def sleeper():
+    """A live child process (a stand-in for a running trainer's PID)."""
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    yield p
+    p.kill()
+    p.wait()

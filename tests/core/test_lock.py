@@ -27,14 +27,6 @@ def write_lock(folder, pid, start_time=None, host=None):
     (folder / LOCK_NAME).write_text(json.dumps(body))
 
 
-@pytest.fixture
-def sleeper():
-    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    yield p
-    p.kill()
-    p.wait()
-
-
 def test_acquire_writes_pid_host_start_time_and_release_removes_it(tmp_path):
     lock = RunLock(tmp_path)
     assert lock.acquire() is None
