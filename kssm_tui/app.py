@@ -77,12 +77,7 @@ class KssmApp(RunActions, App):
         return self.screen_stack[0]  # the default screen (dialogs stack above it)
 
     def on_ready(self) -> None:
-        """After the dashboard is composed: find a live run to attach to, start the workers."""
-        if self.attach is None:
-            live = ctl.live_stage(self.runs_root)
-            self.monitor.selected = live or self._newest_started() or 1
-            if live:
-                self.say(f"attached to the live trainer of Stage {live}", timeout=4)
+        """After the dashboard is composed: start the workers (the tail worker first picks the stage to show)."""
         self._set_title()
         self.run_worker(self._tail_body, thread=True, group="tail", name="tail", exit_on_error=False)
         if self.watch_enabled:
@@ -95,6 +90,11 @@ class KssmApp(RunActions, App):
 
     def _tail_body(self) -> None:
         worker = get_current_worker()
+        if self.attach is None and self.monitor.selected is None:  # lock files and psutil: off the event loop
+            live = ctl.live_stage(self.runs_root)
+            self.monitor.selected = live or self._newest_started() or 1
+            if live:
+                self.call_from_thread(self.say, f"attached to the live trainer of Stage {live}", timeout=4)
         monitor_loop(self.post_message, self.monitor, self.tail_interval, lambda: worker.is_cancelled)
 
     def _watch_body(self) -> None:
