@@ -1,5 +1,5 @@
 """The tied head + cross-entropy alone, forward + backward: plain F.cross_entropy against the fused,
-chunked kssm_core.fused_ce at several chunk sizes (and at the default chunk with MKL instead of oneDNN
+chunked kssm_core.model.fused_ce at several chunk sizes (and at the default chunk with MKL instead of oneDNN
 GEMMs), at each preset's (tokens, D, V). Picks CHUNK_CPU.
 
     .venv/bin/python benchmarks/fused_ce_chunks.py                       # tiny, small, medium
@@ -32,8 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch.nn.functional as F
 
     from kssm_core.config import PRESETS
-    from kssm_core import fused_ce
-    from kssm_core.fused_ce import linear_cross_entropy
+    from kssm_core.model import fused_ce
+    from kssm_core.model.fused_ce import linear_cross_entropy
 
     if args.threads:
         torch.set_num_threads(args.threads)

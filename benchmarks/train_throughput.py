@@ -1,7 +1,7 @@
 """Training throughput: the production model against the spec's naive oracle, on this machine.
 
-"fast" is the production path: the fused oscillator kernel (kssm_core.oscillator) and the fused,
-chunked head + cross-entropy (kssm_core.fused_ce). "oracle" is kssm_core.reference.use_reference:
+"fast" is the production path: the fused oscillator kernel (kssm_core.model.oscillator) and the fused,
+chunked head + cross-entropy (kssm_core.model.fused_ce). "oracle" is kssm_core.model.oracle.use_reference:
 the spec's bank step by step and F.cross_entropy on full [B, S, V] logits, plain eager.
 
 Two measurements, both paths in one run:
@@ -86,8 +86,8 @@ def bench_bank(device, batch: int, seq: int, repeats: int, compile_: bool) -> li
     import torch
 
     from kssm_core.config import model_config_for
-    from kssm_core.model import KuramotoOscillatorBank
-    from kssm_core.reference import reference_bank_forward
+    from kssm_core.model.kssm import KuramotoOscillatorBank
+    from kssm_core.model.oracle import reference_bank_forward
 
     torch.manual_seed(0)
     bank = KuramotoOscillatorBank(model_config_for("medium", vocab_size=64)).to(device)
@@ -143,8 +143,8 @@ def worker(preset: str, path: str, repeats: int, device_name: str) -> dict:
     import torch
 
     from kssm_core.config import PRESETS, model_config_for
-    from kssm_core.model import KSSM
-    from kssm_core.reference import use_reference
+    from kssm_core.model.kssm import KSSM
+    from kssm_core.model.oracle import use_reference
 
     device = pick_device(device_name)
     rss_base = peak_rss_bytes()  # the interpreter + torch, before the model exists

@@ -5,7 +5,7 @@ opens the cockpit headless at 100x34 and measures, from App start:
   full dashboard - every panel drawn with data: stage plan, run, charts, matrix, events (for a long log
                    the newest few MB are shown first, the matrix marked provisional, while the rest is read)
   complete       - every event folded in, the matrix judged on the whole history
-and the same full render a second time, when kssm_core.status's history cache lets it skip the re-read.
+and the same full render a second time, when kssm_core.runbook.status's history cache lets it skip the re-read.
 Usage: python benchmarks/tui_first_render.py [--events N] [--quick] [--runs N]
 (--runs repeats the first open, each time with an empty status cache, and prints the load average of each.)
 """
@@ -58,7 +58,7 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=1, help="first opens to time, each with an empty cache")
     args = p.parse_args()
     n = 100_000 if args.quick else args.events
-    from kssm_core import steplines
+    from kssm_core.runfolder import steplines
 
     print(f"step lines decoded by {'msgspec (typed fast path)' if steplines.available() else 'json (msgspec missing)'}")
     with tempfile.TemporaryDirectory() as tmp:

@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-from . import __version__
+from kssm_core import __version__
 
 # Each module has register(subparsers) which adds its parser and sets `func` (args -> exit code).
 COMMAND_MODULES = (

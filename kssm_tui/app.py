@@ -200,7 +200,7 @@ class KssmApp(RunActions, App):
         self.dash.show_facts(facts)
 
     def _update_alert(self, view: RunView) -> None:
-        from kssm_core.verdicts import Verdict
+        from kssm_core.runbook.verdicts import Verdict
 
         fails = {(r.stage, r.metric) for r in view.matrix_rows if r.verdict == Verdict.FAILURE}
         seen = self._failures_seen.get(view.run_dir)

@@ -1,4 +1,4 @@
-"""The runbook verdicts the dashboard needs, from kssm_core.matrix / status / alerts.
+"""The runbook verdicts the dashboard needs, from kssm_core.runbook.matrix / status / alerts.
 
 Thin wrappers that turn an exception in the runbook engine into a readable row or line instead of a
 dead cockpit (a damaged log can always surprise it), plus the cockpit's own phrasing: the run state
@@ -10,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kssm_core import alerts as core_alerts
-from kssm_core import matrix
-from kssm_core import status as core_status
-from kssm_core.history import RunHistory
-from kssm_core.verdicts import Action, MatrixRow, StageAssessment, Verdict
+from kssm_core.runbook import alerts as core_alerts
+from kssm_core.runbook import matrix
+from kssm_core.runbook import status as core_status
+from kssm_core.runfolder.history import RunHistory
+from kssm_core.runbook.verdicts import Action, MatrixRow, StageAssessment, Verdict
 
 
 def _engine_error(exc: Exception) -> str:
@@ -44,7 +44,7 @@ def full_matrix(history: RunHistory, stage: int | None, run_dir: Path | None = N
 
 
 def recommendation(run_dir: Path, history: RunHistory, fallback: str) -> tuple[str | None, str]:
-    """(code, one-line next step) from kssm_core.status; (None, fallback) when it cannot say."""
+    """(code, one-line next step) from kssm_core.runbook.status; (None, fallback) when it cannot say."""
     try:
         st = core_status.run_status(run_dir, history=history)
     except Exception:
@@ -95,7 +95,7 @@ def next_step(code: str | None, text: str, shown: int | None, current: int | Non
 
 
 def alerts(history: RunHistory, run_dir: Path, lock: str) -> list[Any]:
-    """Alerts beyond the matrix from kssm_core.alerts (metrics, stall); [] if the engine fails.
+    """Alerts beyond the matrix from kssm_core.runbook.alerts (metrics, stall); [] if the engine fails.
 
     Crashes are shown from the run state, disk and memory from the watch: only metric and stall alerts here.
     """

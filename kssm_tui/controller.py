@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kssm_core.config import STAGES, stage as stage_of
-from kssm_core.lock import lock_state, read_lock
+from kssm_core.runfolder.lock import lock_state, read_lock
 
 TRAINER_OUT = "trainer.out"
 EXTRA_ARGS_ENV = "KSSM_TUI_TRAIN_ARGS"  # extra `kssm train` flags for every spawned trainer (tests, tiny runs)

@@ -1,9 +1,9 @@
 """One run folder's event log, followed from a byte offset and folded into a RunHistory (no Textual).
 
-`RunFollower`: kssm_core.runlog.EventLogReader reads only new complete lines (holding back a partial
+`RunFollower`: kssm_core.runfolder.runlog.EventLogReader reads only new complete lines (holding back a partial
 last line, skipping bad ones, restarting on a truncated or replaced file) and RunHistory folds them in
-(a resume replaces orphaned steps); a big catch-up is stored in kssm_core.status's cache. A folder with
-only a reference-trainer training.log is read through kssm_core.legacy. `preview_history` reads a long
+(a resume replaces orphaned steps); a big catch-up is stored in kssm_core.runbook.status's cache. A folder with
+only a reference-trainer training.log is read through kssm_core.runfolder.legacy. `preview_history` reads a long
 log's two ends so the dashboard fills before the whole log is read. `entry_for` turns an event into
 a line of the cockpit's event log.
 """
@@ -14,10 +14,10 @@ import math
 from collections import deque
 from pathlib import Path
 
-from kssm_core.history import RunHistory, as_step
-from kssm_core.legacy import has_legacy_log, read_legacy
-from kssm_core.runlog import EventLogReader
-from kssm_core.status import EventsFollower
+from kssm_core.runfolder.history import RunHistory, as_step
+from kssm_core.runfolder.legacy import has_legacy_log, read_legacy
+from kssm_core.runfolder.runlog import EventLogReader
+from kssm_core.runbook.status import EventsFollower
 
 from .safe_text import clean
 
@@ -59,9 +59,9 @@ class RunFollower:
     """One run folder: its reader, its folded history and the log entries not yet shown.
 
     Reads in slices (`poll(max_bytes)`) so a huge log is folded progressively and the dashboard
-    can show the part read so far. A large catch-up is stored in kssm_core.status's JSON cache
+    can show the part read so far. A large catch-up is stored in kssm_core.runbook.status's JSON cache
     (outside the run folder), so reopening a week-long run reads only what is new. A folder
-    with no events.jsonl but a reference-trainer training.log is read through kssm_core.legacy.
+    with no events.jsonl but a reference-trainer training.log is read through kssm_core.runfolder.legacy.
     """
 
     CACHE_AFTER_BYTES = 16 * 1024 * 1024
@@ -100,7 +100,7 @@ class RunFollower:
         return self._read_since_cache >= self.CACHE_AFTER_BYTES and not self.behind
 
     def save_cache(self) -> None:
-        """Store the folded history after a big catch-up (best effort; kssm_core.status owns the format)."""
+        """Store the folded history after a big catch-up (best effort; kssm_core.runbook.status owns the format)."""
         if not self.cache_due():
             return
         self._read_since_cache = 0

@@ -58,17 +58,17 @@ class RunView:
     resets: int
     charts: dict[str, ChartSpec]
     sparks: dict[str, list[float]]
-    matrix_rows: list[Any]  # kssm_core.verdicts.MatrixRow
-    assessment: Any  # kssm_core.verdicts.StageAssessment | None
+    matrix_rows: list[Any]  # kssm_core.runbook.verdicts.MatrixRow
+    assessment: Any  # kssm_core.runbook.verdicts.StageAssessment | None
     recommendation: str
     lock_state: str
     lock_pid: int | None
     gpu_mem_bytes: float | None
     last_heartbeat_t: float | None
-    disk_needed_bytes: int | None  # for the checkpoints still to come (kssm_core.alerts.checkpoint_need)
+    disk_needed_bytes: int | None  # for the checkpoints still to come (kssm_core.runbook.alerts.checkpoint_need)
     new_entries: list[tuple[str, str]]
     replace_log: bool  # the log was reset (another run, or the file was replaced)
-    alerts: list[Any] = field(default_factory=list)  # kssm_core.verdicts.Alert
+    alerts: list[Any] = field(default_factory=list)  # kssm_core.runbook.verdicts.Alert
     trainer_out_tail: str = ""
     end_status: str | None = None  # the newest run_end's status (completed / interrupted / failed), None while running
     end_reason: str | None = None  # and its reason (e.g. nan_loss, max_steps reached)

@@ -14,7 +14,7 @@ from typing import Callable
 from textual.worker import get_current_worker
 
 from kssm_core.config import stage as stage_of
-from kssm_core.lock import LockHeld, lock_state, read_lock, unlock
+from kssm_core.runfolder.lock import LockHeld, lock_state, read_lock, unlock
 
 from . import controller as ctl
 from .dialogs.clean import CleanDialog
@@ -169,7 +169,7 @@ class RunActions:
 
     def _plan_clean(self) -> None:
         """Thread: plan_clean loads checkpoints to find the newest good one (slow for big files)."""
-        from kssm_core.checkpoint import CheckpointError, plan_clean  # imports torch: only when cleaning
+        from kssm_core.training.checkpoint import CheckpointError, plan_clean  # imports torch: only when cleaning
 
         run_dir = self.shown_dir()
         try:
@@ -196,7 +196,7 @@ class RunActions:
 
     def _execute_clean(self, run_dir: Path, plan) -> None:
         """Thread: deleting multi-GB files can take seconds on a network file system."""
-        from kssm_core.checkpoint import execute_clean
+        from kssm_core.training.checkpoint import execute_clean
 
         freed, problems = execute_clean(plan)
         text = f"freed {freed / 1e6:.1f} MB in {run_dir}"

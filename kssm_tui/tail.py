@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Callable
 
 from kssm_core.config import STAGES
-from kssm_core.lock import lock_state, read_lock
-from kssm_core.verdicts import Verdict
+from kssm_core.runfolder.lock import lock_state, read_lock
+from kssm_core.runbook.verdicts import Verdict
 
 from . import assess, follower as follower_mod
 from .follower import RunFollower, entry_for, preview_history

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import math
 
-from kssm_core.matrix import zone_bands
-from kssm_core.verdicts import Verdict
+from kssm_core.runbook.matrix import zone_bands
+from kssm_core.runbook.verdicts import Verdict
 
 from . import assess
 from .controller import TRAINER_OUT, tail_text

@@ -1,4 +1,4 @@
-"""Disk and memory watch: kssm_core.system facts sampled at most every 2 s in a thread worker.
+"""Disk and memory watch: kssm_core.runfolder.system facts sampled at most every 2 s in a thread worker.
 
 Free space on the run's filesystem, trainer RSS and CPU, system memory and CPU. The App
 says which folder and PID to watch through `WatchTarget` (replaced whole, so a read in the
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from kssm_core import system
+from kssm_core.runfolder import system
 
 from .messages import FactsSampled
 
@@ -26,7 +26,7 @@ class WatchTarget:
 
 
 class Sampler:
-    """One sample of the facts the resource panel shows, read through kssm_core.system."""
+    """One sample of the facts the resource panel shows, read through kssm_core.runfolder.system."""
 
     def __init__(self) -> None:
         self._trainer = system.ProcessMeter()

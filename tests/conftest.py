@@ -20,8 +20,8 @@ from kssm_testkit import run_kssm, train_args
 def data_dir(tmp_path_factory) -> Path:
     """A --data-dir holding the embedded corpus's token cache for the tiny preset (built once)."""
     from kssm_core.config import PRESETS
-    from kssm_core.corpus import load_corpus
-    from kssm_core.data import prepare_tokens
+    from kssm_core.training.corpus import load_corpus
+    from kssm_core.training.data import prepare_tokens
 
     folder = tmp_path_factory.mktemp("token-cache")
     prepare_tokens(load_corpus(None), folder, PRESETS["tiny"].vocab_size, log=lambda _line: None)

@@ -20,8 +20,8 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint import CheckpointError, execute_clean, plan_clean
-    from ..lock import lock_state, read_lock
+    from kssm_core.training.checkpoint import CheckpointError, execute_clean, plan_clean
+    from kssm_core.runfolder.lock import lock_state, read_lock
 
     try:
         plan = plan_clean(args.run_dir, keep=max(0, args.keep))
@@ -64,8 +64,8 @@ def _run_folders_inside(folder: str) -> list:
     """Run folders one level below `folder` (not an archive of earlier runs: previous/ is never cleaned)."""
     from pathlib import Path
 
-    from ..archive import ARCHIVE_DIR
-    from ..status import find_run_dirs, is_run_dir
+    from kssm_core.training.archive import ARCHIVE_DIR
+    from kssm_core.runbook.status import find_run_dirs, is_run_dir
 
     if is_run_dir(Path(folder)):
         return []

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from ..config import PRESETS
+from kssm_core.config import PRESETS
 
 
 def register(sub) -> None:
@@ -24,8 +24,8 @@ def register(sub) -> None:
 
 
 def check(args: argparse.Namespace) -> int:
-    from ..corpus import CorpusError, load_corpus
-    from ..data import prepare_tokens
+    from kssm_core.training.corpus import CorpusError, load_corpus
+    from kssm_core.training.data import prepare_tokens
 
     try:
         corpus = load_corpus(args.corpus)

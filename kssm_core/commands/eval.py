@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..evals.options import EvalOptions
+from kssm_core.evals.options import EvalOptions
 
 _D = EvalOptions()  # the defaults shown in --help
 # Below this size a forward pass is a few small matmuls: a second thread gains little, and on a shared
@@ -74,11 +74,11 @@ def _fmt(v) -> str:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..evals import SUITES, EvalContext, EvalError, load_model, run_all, run_suite
-    from ..evals.runner import refresh_summary
-    from ..evals.progress import start_event
-    from ..evals.result import PASS, clean_json
-    from ..trainer import pick_device
+    from kssm_core.evals import SUITES, EvalContext, EvalError, load_model, run_all, run_suite
+    from kssm_core.evals.runner import refresh_summary
+    from kssm_core.evals.progress import start_event
+    from kssm_core.evals.result import PASS, clean_json
+    from kssm_core.training.trainer import pick_device
 
     def refuse(msg: str) -> int:
         print(f"kssm eval: {msg}", file=sys.stderr)

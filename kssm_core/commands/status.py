@@ -18,7 +18,7 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object (schema: docs/status-json.md)")
     p.add_argument("--watch", action="store_true", help="refresh until interrupted (reads only new bytes)")
     p.add_argument("--interval", type=float, default=2.0, help="seconds between --watch refreshes (default 2)")
-    p.add_argument("--criteria", metavar="FILE", help="JSON file overriding thresholds (see kssm_core/criteria.py)")
+    p.add_argument("--criteria", metavar="FILE", help="JSON file overriding thresholds (see kssm_core/runbook/criteria.py)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the incremental-read cache")
     p.set_defaults(func=run)
 
@@ -26,8 +26,8 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..criteria import CriteriaError, load_criteria
-    from ..status import EXIT_USAGE, EventsFollower, find_run_dirs
+    from kssm_core.runbook.criteria import CriteriaError, load_criteria
+    from kssm_core.runbook.status import EXIT_USAGE, EventsFollower, find_run_dirs
 
     try:
         criteria = load_criteria(args.criteria)
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _report(runs, paths, criteria, args, followers) -> int:
-    from ..status import EVENTS_NAME, EXIT_OK, EventsFollower, run_status
+    from kssm_core.runbook.status import EVENTS_NAME, EXIT_OK, EventsFollower, run_status
 
     statuses = []
     for d in runs:
@@ -93,8 +93,8 @@ def _nothing_message(paths) -> str:
     """No run folder found: the stage to start is named by the folder (stage1..stage4, final), else stage 1."""
     from pathlib import Path
 
-    from ..config import STAGES
-    from ..playbook import init_from_args, shlex
+    from kssm_core.config import STAGES
+    from kssm_core.runbook.playbook import init_from_args, shlex
 
     where = ", ".join(str(p) for p in paths)
     args = ["kssm", "train", "--stage", "1"]
@@ -110,7 +110,7 @@ def _nothing_message(paths) -> str:
 
 def format_status(s) -> str:
     """Plain text, one fact per line; untrusted strings are stripped of control characters."""
-    from ..status import format_duration
+    from kssm_core.runbook.status import format_duration
 
     c = _clean
     lines = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..config import PRESETS, STAGES, TrainConfig, stage
+from kssm_core.config import PRESETS, STAGES, TrainConfig, stage
 
 
 def register(sub) -> None:
@@ -73,7 +73,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from ..trainer import EXIT_REFUSED, train
+    from kssm_core.training.trainer import EXIT_REFUSED, train
 
     try:
         cfg, explicit = config_from_args(args)
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"kssm train: {exc}", file=sys.stderr)
         return EXIT_REFUSED
     overrides = {k: v for k, v in explicit.items() if k not in ("resume", "stage")}
-    from .. import distributed
+    from kssm_core.training import distributed
 
     nproc = getattr(args, "nproc", None)
     if nproc is not None:
@@ -102,8 +102,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _check_nproc(nproc: int, cfg: TrainConfig) -> str | None:
     """Why `--nproc` cannot run (one line), or None."""
-    from .. import distributed
-    from ..lock import lock_state, read_lock
+    from kssm_core.training import distributed
+    from kssm_core.runfolder.lock import lock_state, read_lock
 
     if nproc < 1:
         return f"--nproc must be >= 1, got {nproc}"

@@ -31,7 +31,7 @@ def force_hint(run_dir: str | Path) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..lock import LockHeld, lock_state, read_lock, unlock
+    from kssm_core.runfolder.lock import LockHeld, lock_state, read_lock, unlock
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
@@ -69,7 +69,7 @@ def _describe(path: Path, info) -> tuple[str, tuple] | None:
 
 
 def _force(run_dir: Path) -> int:
-    from ..lock import LOCK_NAME, _takeover_guard, lock_state, read_lock
+    from kssm_core.runfolder.lock import LOCK_NAME, _takeover_guard, lock_state, read_lock
 
     path = run_dir / LOCK_NAME
     info = read_lock(run_dir)

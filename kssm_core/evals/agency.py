@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import re
 
-from .context import EvalContext
-from .result import FAIL, PASS, WARN, SuiteResult
+from kssm_core.evals.context import EvalContext
+from kssm_core.evals.result import FAIL, PASS, WARN, SuiteResult
 
 NAME = "agency"
 ACTION_PROMPTS = ("I will", "I want to", "I am going to", "I think that", "I believe")
@@ -20,7 +20,7 @@ PAIRED_PROMPTS = (("I like", "I do not like"), ("I believe", "I do not believe")
                   ("I want", "I do not want"), ("I can", "I cannot"))
 ACTION_WINDOW = 3  # words
 JACCARD_MAX = 0.5
-FRAGMENTS_MIN = 0.30  # the runbook engine's "None" band (kssm_core.criteria agency_none_below)
+FRAGMENTS_MIN = 0.30  # the runbook engine's "None" band (kssm_core.runbook.criteria agency_none_below)
 
 _BASE_VERBS = """
 accept achieve act add agree allow answer apply argue arrive ask avoid become begin believe bring build buy

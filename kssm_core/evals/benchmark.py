@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import torch
 
-from ..interventions import intervene
-from .context import EvalContext
-from .metrics import R_ZONES, distinct_n, score, summary, zone
-from .result import FAIL, PASS, WARN, SuiteResult, finite, grade_high, grade_low
+from kssm_core.model.interventions import intervene
+from kssm_core.evals.context import EvalContext
+from kssm_core.evals.metrics import R_ZONES, distinct_n, score, summary, zone
+from kssm_core.evals.result import FAIL, PASS, WARN, SuiteResult, finite, grade_high, grade_low
 
 NAME = "benchmark"
 U_FLOOR_BAND, U_CEILING_BAND = 0.11, 9.9  # KSSM_SPEC.md section 3: "at floor" / "at ceiling"

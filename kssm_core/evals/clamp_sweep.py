@@ -3,10 +3,10 @@ trained floor should be near the best, and the floor should matter at all when u
 
 from __future__ import annotations
 
-from ..interventions import intervene
-from .context import EvalContext
-from .metrics import score
-from .result import PASS, WARN, SuiteResult, finite, grade_high, grade_low
+from kssm_core.model.interventions import intervene
+from kssm_core.evals.context import EvalContext
+from kssm_core.evals.metrics import score
+from kssm_core.evals.result import PASS, WARN, SuiteResult, finite, grade_high, grade_low
 
 NAME = "clamp-sweep"
 FLOORS = (0.001, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0)

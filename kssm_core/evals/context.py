@@ -9,11 +9,11 @@ from pathlib import Path
 
 import torch
 
-from ..interventions import Generation, generate_with_telemetry
-from .heldout import HeldOut, held_out
-from .loader import LoadedModel
-from .options import EvalOptions
-from .progress import Progress
+from kssm_core.model.interventions import Generation, generate_with_telemetry
+from kssm_core.evals.heldout import HeldOut, held_out
+from kssm_core.evals.loader import LoadedModel
+from kssm_core.evals.options import EvalOptions
+from kssm_core.evals.progress import Progress
 
 
 @dataclass

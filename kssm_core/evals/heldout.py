@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..corpus import CorpusError, load_corpus
-from ..data import VAL_EVERY, Tokenizer, load_tokens, split_chunks
+from kssm_core.training.corpus import CorpusError, load_corpus
+from kssm_core.training.data import VAL_EVERY, Tokenizer, load_tokens, split_chunks
 
 
 @dataclass

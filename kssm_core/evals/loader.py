@@ -1,7 +1,7 @@
 """Load a model to evaluate: our checkpoints (model_config + embedded tokenizer) or the reference trainer's
 (`model_state` only: the architecture is inferred from the tensor shapes, the tokenizer given as a file).
 
-Loading goes only through kssm_core.checkpoint.load_checkpoint (torch.load weights_only=True), so a
+Loading goes only through kssm_core.training.checkpoint.load_checkpoint (torch.load weights_only=True), so a
 hostile file is refused before anything in it can run. Every failure is one EvalError line.
 """
 
@@ -14,11 +14,11 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import CheckpointError, load_checkpoint
-from ..config import ModelConfig
-from ..corpus import CorpusError
-from ..data import Tokenizer
-from ..model import KSSM
+from kssm_core.training.checkpoint import CheckpointError, load_checkpoint
+from kssm_core.config import ModelConfig
+from kssm_core.training.corpus import CorpusError
+from kssm_core.training.data import Tokenizer
+from kssm_core.model.kssm import KSSM
 
 
 class EvalError(Exception):

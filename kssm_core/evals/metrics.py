@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..matrix import zone_bands
-from ..model import KSSM
+from kssm_core.runbook.matrix import zone_bands
+from kssm_core.model.kssm import KSSM
 
 PPL_CAP_CE = 20.0  # val perplexity = exp(min(CE, 20)), as the trainer reports it
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from ..interventions import intervene
-from .context import EvalContext
-from .metrics import batches, kl, pearson, ppl_from_ce, score, spearman
-from .result import FAIL, PASS, WARN, SuiteResult, finite, grade_high
+from kssm_core.model.interventions import intervene
+from kssm_core.evals.context import EvalContext
+from kssm_core.evals.metrics import batches, kl, pearson, ppl_from_ce, score, spearman
+from kssm_core.evals.result import FAIL, PASS, WARN, SuiteResult, finite, grade_high
 
 NAME = "r-correlation"
 FORCED_R = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)

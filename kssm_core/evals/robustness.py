@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import torch
 
-from ..interventions import intervene, parameter_noise
-from .context import EvalContext
-from .metrics import distinct_n, score, summary
-from .result import FAIL, PASS, SuiteResult, finite, grade_low
+from kssm_core.model.interventions import intervene, parameter_noise
+from kssm_core.evals.context import EvalContext
+from kssm_core.evals.metrics import distinct_n, score, summary
+from kssm_core.evals.result import FAIL, PASS, SuiteResult, finite, grade_low
 
 NAME = "robustness"
 SIGMAS = (0.0, 0.01, 0.05, 0.10)

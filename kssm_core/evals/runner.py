@@ -13,10 +13,15 @@ from typing import Any
 
 import torch
 
-from . import agency, benchmark, clamp_sweep, r_correlation, robustness, samples
-from .context import EvalContext
-from .progress import Progress
-from .result import FAIL, PASS, SuiteResult, clean_json, worst, write_json
+from kssm_core.evals import agency
+from kssm_core.evals import benchmark
+from kssm_core.evals import clamp_sweep
+from kssm_core.evals import r_correlation
+from kssm_core.evals import robustness
+from kssm_core.evals import samples
+from kssm_core.evals.context import EvalContext
+from kssm_core.evals.progress import Progress
+from kssm_core.evals.result import FAIL, PASS, SuiteResult, clean_json, worst, write_json
 
 INCOMPLETE = "incomplete"
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from .context import EvalContext
-from .metrics import R_ZONES, summary, zone
-from .result import FAIL, PASS, WARN, SuiteResult
+from kssm_core.evals.context import EvalContext
+from kssm_core.evals.metrics import R_ZONES, summary, zone
+from kssm_core.evals.result import FAIL, PASS, WARN, SuiteResult
 
 NAME = "samples"
 ZONE_ORDER = [name for _, name in reversed(R_ZONES)]  # Unformed .. Ache

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from rich.text import Text
 from textual.widget import Widget
 
-from kssm_core.verdicts import Action, MatrixRow, StageAssessment, Verdict
+from kssm_core.runbook.verdicts import Action, MatrixRow, StageAssessment, Verdict
 
 from ..safe_text import clean, one_line
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kssm_core.history import RunHistory
+from kssm_core.runfolder.history import RunHistory
 
 BASE_CONFIG = {"learning_rate": 0.001, "lambda_reg": 0.01, "seed": 1337, "max_steps": 500, "stage": 2,
                "output_dir": "results/stage2", "save_interval": 250, "keep_checkpoints": 3, "heartbeat_seconds": 5.0,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from kssm_core.alerts import checkpoint_need, compute_alerts
-from kssm_core.criteria import Criteria
-from kssm_core.system import SystemFacts, gather
-from kssm_core.verdicts import Severity
+from kssm_core.runbook.alerts import checkpoint_need, compute_alerts
+from kssm_core.runbook.criteria import Criteria
+from kssm_core.runfolder.system import SystemFacts, gather
+from kssm_core.runbook.verdicts import Severity
 from runbook_synth import history
 
 N = 20

@@ -1,4 +1,4 @@
-"""kssm_core.atomic: whole-or-nothing writes with the mode a plain open() would give."""
+"""kssm_core.runfolder.atomic: whole-or-nothing writes with the mode a plain open() would give."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from kssm_core.atomic import atomic_write, atomic_write_bytes, file_mode
+from kssm_core.runfolder.atomic import atomic_write, atomic_write_bytes, file_mode
 
 
 def test_written_file_gets_the_umask_mode_not_mkstemps_0600(tmp_path):

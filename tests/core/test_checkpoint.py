@@ -11,8 +11,8 @@ import sys
 import pytest
 import torch
 
-from kssm_core import checkpoint as ckpt
-from kssm_core.checkpoint import (
+from kssm_core.training import checkpoint as ckpt
+from kssm_core.training.checkpoint import (
     CheckpointError, DiskFull, atomic_save, checkpoint_files, load_checkpoint, newest_loadable, prune,
     remove_stale_temps,
 )
@@ -233,7 +233,7 @@ def test_mmap_load_still_refuses_pickled_objects(tmp_path):
 
 
 def test_remove_stale_temps_also_removes_a_killed_config_json_write(tmp_path):
-    # config.json is written through kssm_core.atomic too: a kill mid-write leaves .config.json.<random>.tmp
+    # config.json is written through kssm_core.runfolder.atomic too: a kill mid-write leaves .config.json.<random>.tmp
     (tmp_path / ".config.json.x7q2.tmp").write_text("{")
     (tmp_path / "config.json").write_text("{}")
     assert [p.name for p in remove_stale_temps(tmp_path)] == [".config.json.x7q2.tmp"]

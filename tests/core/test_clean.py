@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from kssm_core.checkpoint import atomic_save, plan_clean
+from kssm_core.training.checkpoint import atomic_save, plan_clean
 from kssm_core.cli import main
 
 
@@ -135,7 +135,7 @@ def test_execute_clean_reports_undeletable_files_and_goes_on(tmp_path, monkeypat
     import errno
     import os
 
-    from kssm_core.checkpoint import execute_clean
+    from kssm_core.training.checkpoint import execute_clean
 
     run = make_run(tmp_path / "run")
     plan = plan_clean(run)
@@ -164,7 +164,7 @@ def test_kssm_clean_exits_1_with_one_stderr_line_per_undeletable_file(tmp_path, 
 
 
 def test_a_file_replaced_after_planning_is_not_deleted(tmp_path):
-    from kssm_core.checkpoint import execute_clean
+    from kssm_core.training.checkpoint import execute_clean
 
     run = make_run(tmp_path / "run")
     plan = plan_clean(run)
@@ -187,7 +187,7 @@ def test_plan_delete_still_iterates_as_path_and_size(tmp_path):
 
 # ---- plan_clean while a trainer prunes, and without loading whole checkpoints into memory ------------------------
 def test_plan_skips_a_file_removed_between_listing_and_stat(tmp_path, monkeypatch):
-    from kssm_core import checkpoint as ckpt
+    from kssm_core.training import checkpoint as ckpt
 
     run = make_run(tmp_path / "run")
     listed = ckpt.checkpoint_files(run)
@@ -198,7 +198,7 @@ def test_plan_skips_a_file_removed_between_listing_and_stat(tmp_path, monkeypatc
 
 
 def test_plan_checks_loadability_with_mmap(tmp_path, monkeypatch):
-    from kssm_core import checkpoint as ckpt
+    from kssm_core.training import checkpoint as ckpt
 
     run = make_run(tmp_path / "run")
     (run / "checkpoint_50.pt").write_bytes((run / "checkpoint_40.pt").read_bytes()[:-200])  # truncated newest

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from kssm_core.cli import main
-from kssm_core.status import run_status
+from kssm_core.runbook.status import run_status
 from runbook_synth import events, ramp, wiggle
 
 N = 30
@@ -109,7 +109,7 @@ def test_empty_and_whitespace_files(tmp_path, capsys):
 def test_an_unreadable_events_file_is_one_line_not_a_crash(tmp_path, monkeypatch):
     import errno
 
-    from kssm_core.runlog import EventLogReader
+    from kssm_core.runfolder.runlog import EventLogReader
 
     def denied(self, max_bytes=None, **_):
         raise PermissionError(errno.EACCES, "Permission denied")

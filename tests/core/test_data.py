@@ -10,8 +10,8 @@ import pytest
 
 from kssm_testkit import run_kssm
 from kssm_core.cli import main
-from kssm_core.corpus import DEFAULT_CORPUS_NAME, CorpusError, embedded_default_corpus, load_corpus
-from kssm_core.data import BatchSampler, load_tokens, prepare_tokens, val_batches
+from kssm_core.training.corpus import DEFAULT_CORPUS_NAME, CorpusError, embedded_default_corpus, load_corpus
+from kssm_core.training.data import BatchSampler, load_tokens, prepare_tokens, val_batches
 
 VOCAB = 400  # small: a BPE of this size trains in a fraction of a second
 

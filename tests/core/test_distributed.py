@@ -1,4 +1,4 @@
-"""`kssm train --nproc N`: torchrun + DDP on CPU (gloo), and the pure pieces of kssm_core.distributed.
+"""`kssm train --nproc N`: torchrun + DDP on CPU (gloo), and the pure pieces of kssm_core.training.distributed.
 
 The slow tests start real torchrun jobs of 2 processes on the tiny preset. CI never needs a GPU.
 """
@@ -19,13 +19,13 @@ import psutil
 import pytest
 import torch
 
-from kssm_core.checkpoint import load_checkpoint
+from kssm_core.training.checkpoint import load_checkpoint
 from kssm_core.cli import main as kssm_main
-from kssm_core.distributed import (
+from kssm_core.training.distributed import (
     NO_NOISE_ENV, DistError, ShardSampler, finish_after_workers, split_batch, worker_argv,
 )
-from kssm_core.rng import rng_for_rank
-from kssm_core.data import BatchSampler
+from kssm_core.training.rng import rng_for_rank
+from kssm_core.training.data import BatchSampler
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--preset", "tiny", "--seq-len", "32", "--batch-size", "4", "--grad-accum", "2", "--vocab-size", "512",
@@ -278,7 +278,7 @@ def test_resume_with_the_same_world_size_is_exact(tmp_path):
 
 # ---- precision -------------------------------------------------------------------------------------
 def test_precision_resolution_on_cpu():
-    from kssm_core.precision import resolve_precision
+    from kssm_core.training.precision import resolve_precision
 
     assert resolve_precision("auto", torch.device("cpu")) == "fp32"
     assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
@@ -288,7 +288,7 @@ def test_precision_resolution_on_cpu():
 
 def test_oscillator_bank_stays_fp32_under_bf16_autocast():
     from kssm_core.config import ModelConfig
-    from kssm_core.model import KSSM
+    from kssm_core.model.kssm import KSSM
 
     model = KSSM(ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_oscillators=8, n_harmonics=4))
     seen = {}
@@ -327,7 +327,7 @@ def test_worker_argv_round_trips_through_the_real_parser():
 @pytest.mark.slow
 def test_plain_torchrun_refuses_on_every_rank_when_the_lock_is_held(tmp_path):
     """The documented multi-node form (plain torchrun) on one node: rank 0 finds a live lock, all ranks exit 2."""
-    from kssm_core.lock import RunLock
+    from kssm_core.runfolder.lock import RunLock
 
     run = tmp_path / "run"
     run.mkdir()

@@ -20,8 +20,8 @@ from kssm_core.evals import SUITES, EvalContext, EvalOptions, infer_model_config
 from kssm_core.evals.agency import has_action, jaccard
 from kssm_core.evals.heldout import held_out
 from kssm_core.evals.metrics import score, spearman, zone
-from kssm_core.interventions import generate_with_telemetry, intervene, parameter_noise
-from kssm_core.model import KSSM
+from kssm_core.model.interventions import generate_with_telemetry, intervene, parameter_noise
+from kssm_core.model.kssm import KSSM
 
 from kssm_testkit import run_kssm, tiny_config
 
@@ -40,7 +40,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory, data_dir) -> Path:
     """best_model.pt of a 40-step tiny run (context 64): trained once for this module, never modified."""
-    from kssm_core.trainer import Trainer
+    from kssm_core.training.trainer import Trainer
 
     out = tmp_path_factory.mktemp("eval-run") / "run"
     cfg = tiny_config(out, data_dir, max_steps=40, seq_len=64, batch_size=8, eval_interval=20, save_interval=20,
@@ -282,7 +282,7 @@ def test_infer_config_of_the_reference_medium_size():
 
 
 def test_a_too_large_tokenizer_is_refused(model_path, tmp_path, capsys):
-    from kssm_core.data import Tokenizer
+    from kssm_core.training.data import Tokenizer
 
     big = Tokenizer.train(["some words here and there " * 50], 300)
     small_state = torch.load(model_path, weights_only=True)

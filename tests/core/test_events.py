@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 
-from kssm_core.events import (
+from kssm_core.runfolder.events import (
     SCHEMA_NAME, SCHEMA_VERSION, STEP_HEADER, EventWriter, TextLog, format_step_line,
 )
 

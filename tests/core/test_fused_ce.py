@@ -1,4 +1,4 @@
-"""The fused, chunked linear + cross-entropy (kssm_core.fused_ce) agrees with F.cross_entropy.
+"""The fused, chunked linear + cross-entropy (kssm_core.model.fused_ce) agrees with F.cross_entropy.
 
 Agreement is norm-wise relative error <= 1e-5 in fp32 for the loss and the gradients w.r.t. the hidden
 states and the weight, at every preset's (D, V) with the token count scaled down; in float64 it is
@@ -13,11 +13,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kssm_core import fused_ce
+from kssm_core.model import fused_ce
 from kssm_core.config import PRESETS, ModelConfig
-from kssm_core.fused_ce import linear_cross_entropy
-from kssm_core.model import KSSM
-from kssm_core.reference import use_reference
+from kssm_core.model.fused_ce import linear_cross_entropy
+from kssm_core.model.kssm import KSSM
+from kssm_core.model.oracle import use_reference
 
 TOL = 1e-5
 TOL64 = 1e-12
@@ -242,7 +242,7 @@ def test_loss_matches_the_plain_loss_along_a_training_run():
     """At every step of a short AdamW run (noise on) the fused loss equals the plain one on the same
     weights. (Two whole trajectories are not compared: any 1e-7 rounding change, even a perturbation
     of the initial weights, grows to ~1e-4 within 20 steps, for the plain loss as for the fused.)"""
-    from kssm_core.reference import reference_loss
+    from kssm_core.model.oracle import reference_loss
 
     idx = torch.randint(0, 97, (4, 39), generator=torch.Generator().manual_seed(8))
     x, y = idx[:, :-1], idx[:, 1:]

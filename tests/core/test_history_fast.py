@@ -6,7 +6,7 @@ import json
 import math
 import random
 
-from kssm_core.history import RunHistory
+from kssm_core.runfolder.history import RunHistory
 
 ODD_VALUES = [None, "3.5", "oops", True, float("nan"), 7, -1.0, 1e300]
 

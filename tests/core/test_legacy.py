@@ -7,9 +7,9 @@ import shutil
 
 import pytest
 
-from kssm_core.history import RunHistory
-from kssm_core.legacy import parse_legacy_lines, read_legacy
-from kssm_core.status import run_status
+from kssm_core.runfolder.history import RunHistory
+from kssm_core.runfolder.legacy import parse_legacy_lines, read_legacy
+from kssm_core.runbook.status import run_status
 
 REFERENCE_LOG = """\
 K-SSM v3 training (reference script)
@@ -96,7 +96,7 @@ def test_a_legacy_folder_is_judged_by_kssm_status(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_our_trainers_text_log_matches_its_events(trained_run, tmp_path):
     """The same run read two ways (events.jsonl and training.log) gives the same series, to print precision."""
-    from kssm_core.runlog import read_all
+    from kssm_core.runfolder.runlog import read_all
 
     records, _ = read_all(trained_run / "events.jsonl")
     ev = fold(records)

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from kssm_core.cli import main
-from kssm_core.lock import LOCK_NAME, LockHeld, RunLock, lock_state, process_start_time, read_lock, unlock
+from kssm_core.runfolder.lock import LOCK_NAME, LockHeld, RunLock, lock_state, process_start_time, read_lock, unlock
 
 
 def dead_pid() -> int:
@@ -127,7 +127,7 @@ def test_unlock_refuses_a_symlinked_lock(tmp_path):
 
 def _race_for_the_lock(folder: str, go_at: float, out: str) -> None:
     """One contender (a forked process): wait for the common start, try to take the stale lock, report."""
-    import kssm_core.lock as lk
+    import kssm_core.runfolder.lock as lk
 
     judged = lk.lock_state
 
@@ -169,7 +169,7 @@ def test_only_one_of_many_simultaneous_trainers_takes_over_a_stale_lock(tmp_path
 
 
 def test_unlock_does_not_remove_a_lock_taken_after_it_was_judged(tmp_path, sleeper, monkeypatch):
-    import kssm_core.lock as lk
+    import kssm_core.runfolder.lock as lk
 
     write_lock(tmp_path, dead_pid(), 1.0)
     judged = lk.lock_state
@@ -230,7 +230,7 @@ def test_a_symlinked_lock_is_not_followed_even_to_a_valid_stale_lock(tmp_path):
 def test_an_unreadable_lock_file_is_reported_not_raised(tmp_path, monkeypatch):
     import errno
 
-    import kssm_core.lock as lk
+    import kssm_core.runfolder.lock as lk
 
     write_lock(tmp_path, dead_pid(), 1.0)  # stale if it could be read: must not be taken over unread
     real_open = os.open
@@ -252,7 +252,7 @@ def test_a_huge_lock_file_is_unreadable(tmp_path):
 
 
 def test_lockinfo_positional_constructor_still_works():
-    from kssm_core.lock import LockInfo
+    from kssm_core.runfolder.lock import LockInfo
 
     info = LockInfo(123, None, None, None, "123")
     assert info.unreadable is None and info.mtime is None

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from kssm_core.criteria import Criteria, CriteriaError, load_criteria
-from kssm_core.matrix import STAGE_METRICS, assess_stage, full_matrix, infer_stage, zones_visited
-from kssm_core.verdicts import Action, Verdict
+from kssm_core.runbook.criteria import Criteria, CriteriaError, load_criteria
+from kssm_core.runbook.matrix import STAGE_METRICS, assess_stage, full_matrix, infer_stage, zones_visited
+from kssm_core.runbook.verdicts import Action, Verdict
 from runbook_synth import FRAGMENTS, GIBBERISH, PROSE, history, ramp, wiggle
 
 H, W, F, P = Verdict.HEALTHY, Verdict.WARNING, Verdict.FAILURE, Verdict.PENDING
@@ -200,7 +200,7 @@ def test_infer_stage(tmp_path):
 def test_zone_counting_matches_reading_by_reading_including_edges():
     import random
 
-    from kssm_core.matrix import ZONE_NAMES, zone_of
+    from kssm_core.runbook.matrix import ZONE_NAMES, zone_of
 
     rnd = random.Random(1)
     for _ in range(500):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from kssm_core.config import ModelConfig, model_config_for
-from kssm_core.model import EPS, KSSM
+from kssm_core.model.kssm import EPS, KSSM
 
 
 def small_cfg(**over) -> ModelConfig:

@@ -1,4 +1,4 @@
-"""The fast oscillator kernel agrees with the spec's naive oracle (kssm_core.reference).
+"""The fast oscillator kernel agrees with the spec's naive oracle (kssm_core.model.oracle).
 
 Agreement is norm-wise relative error ||fast - oracle|| / ||oracle|| <= 1e-5 in fp32, for forward
 outputs, R, u, reg and the gradients w.r.t. the input and every bank parameter, at every preset's
@@ -14,10 +14,10 @@ import math
 import pytest
 import torch
 
-from kssm_core import oscillator
+from kssm_core.model import oscillator
 from kssm_core.config import PRESETS, ModelConfig, model_config_for
-from kssm_core.model import KSSM, KuramotoOscillatorBank, harmonic_means
-from kssm_core.reference import reference_bank_forward, reference_harmonic_means, use_reference
+from kssm_core.model.kssm import KSSM, KuramotoOscillatorBank, harmonic_means
+from kssm_core.model.oracle import reference_bank_forward, reference_harmonic_means, use_reference
 
 TOL = 1e-5
 

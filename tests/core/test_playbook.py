@@ -7,10 +7,10 @@ import shlex
 
 import pytest
 
-from kssm_core import playbook
+from kssm_core.runbook import playbook
 from kssm_core.cli import build_parser
-from kssm_core.matrix import assess_stage
-from kssm_core.verdicts import MatrixRow, Verdict
+from kssm_core.runbook.matrix import assess_stage
+from kssm_core.runbook.verdicts import MatrixRow, Verdict
 from runbook_synth import history, ramp, wiggle
 
 N = 30

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from kssm_testkit import evil_checkpoint, read_events, run_kssm, sigkill, start_kssm, train_args, wait_for_event
-from kssm_core.checkpoint import TEMP_RE, checkpoint_files, load_checkpoint
-from kssm_core.lock import LOCK_NAME
-from kssm_core.runlog import read_all
+from kssm_core.training.checkpoint import TEMP_RE, checkpoint_files, load_checkpoint
+from kssm_core.runfolder.lock import LOCK_NAME
+from kssm_core.runfolder.runlog import read_all
 
 METRICS = ("loss", "ce", "reg", "R", "u_val", "grad_norm", "lr")
 

@@ -8,12 +8,12 @@ import json
 import pytest
 
 from kssm_testkit import read_events, run_kssm, tiny_config, train_args
-from kssm_core import checkpoint as ckpt
-from kssm_core.archive import ARCHIVE_DIR, archive_previous_run
-from kssm_core.checkpoint import checkpoint_files, load_checkpoint, plan_clean
-from kssm_core.saving import DISK_MARGIN_BYTES
-from kssm_core.status import run_status
-from kssm_core.trainer import EXIT_COMPLETED, Trainer
+from kssm_core.training import checkpoint as ckpt
+from kssm_core.training.archive import ARCHIVE_DIR, archive_previous_run
+from kssm_core.training.checkpoint import checkpoint_files, load_checkpoint, plan_clean
+from kssm_core.training.saving import DISK_MARGIN_BYTES
+from kssm_core.runbook.status import run_status
+from kssm_core.training.trainer import EXIT_COMPLETED, Trainer
 
 
 @pytest.fixture(autouse=True)
@@ -55,7 +55,7 @@ def test_resume_before_any_checkpoint_starts_over_from_the_original_init_from(tr
 
 
 def test_recorded_config_reads_config_json_else_the_newest_run_start(tmp_path):
-    from kssm_core.trainer import recorded_config
+    from kssm_core.training.trainer import recorded_config
 
     assert recorded_config(tmp_path) is None
     with open(tmp_path / "events.jsonl", "w") as fh:
@@ -121,7 +121,7 @@ def test_a_symlinked_previous_folder_is_refused_before_anything_moves(tmp_path):
     elsewhere = tmp_path.parent / (tmp_path.name + "-elsewhere")
     elsewhere.mkdir()
     (tmp_path / ARCHIVE_DIR).symlink_to(elsewhere)
-    from kssm_core.archive import ArchiveError
+    from kssm_core.training.archive import ArchiveError
 
     with pytest.raises(ArchiveError, match="not a real folder"):
         archive_previous_run(tmp_path)

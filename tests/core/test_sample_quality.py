@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from kssm_core.criteria import Criteria
-from kssm_core.sample_quality import classify_sample, is_word
+from kssm_core.runbook.criteria import Criteria
+from kssm_core.runbook.sample_quality import classify_sample, is_word
 
 CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus"
 BOOKS = sorted(CORPUS.glob("*.txt")) if CORPUS.is_dir() else []
@@ -94,7 +94,7 @@ def test_thresholds_come_from_criteria():
 
 
 def test_word_salad_is_not_words_and_phrases():
-    from kssm_core.sample_quality import COMMON_WORDS, FUNCTION_WORDS
+    from kssm_core.runbook.sample_quality import COMMON_WORDS, FUNCTION_WORDS
 
     rnd = random.Random(4)
     content = [w for w in COMMON_WORDS.split() if w not in FUNCTION_WORDS]

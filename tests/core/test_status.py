@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from kssm_core.cli import main
-from kssm_core.lock import RunLock
-from kssm_core.status import EventsFollower, find_run_dirs, run_status
+from kssm_core.runfolder.lock import RunLock
+from kssm_core.runbook.status import EventsFollower, find_run_dirs, run_status
 from runbook_synth import events, history, ramp, wiggle
 
 N = 30

@@ -10,9 +10,9 @@ import time
 import pytest
 
 from kssm_core.cli import main
-from kssm_core.lock import LOCK_NAME, process_start_time
-from kssm_core.playbook import train_command
-from kssm_core.status import run_status
+from kssm_core.runfolder.lock import LOCK_NAME, process_start_time
+from kssm_core.runbook.playbook import train_command
+from kssm_core.runbook.status import run_status
 from runbook_synth import events, history, ramp, wiggle
 
 N = 30

@@ -1,4 +1,4 @@
-"""The typed fast path for step lines (kssm_core.steplines) folds exactly what the plain json path folds.
+"""The typed fast path for step lines (kssm_core.runfolder.steplines) folds exactly what the plain json path folds.
 
 Each test reads the same bytes twice, once with read_new(step_batches=True) and once without, and
 compares the folded RunHistory (to_state) and the reader's state (offsets, counts of bad lines).
@@ -14,9 +14,9 @@ import sys
 
 import pytest
 
-from kssm_core import steplines
-from kssm_core.history import RunHistory, StepBatch
-from kssm_core.runlog import MAX_LINE_BYTES, MIN_STEP_RUN, EventLogReader
+from kssm_core.runfolder import steplines
+from kssm_core.runfolder.history import RunHistory, StepBatch
+from kssm_core.runfolder.runlog import MAX_LINE_BYTES, MIN_STEP_RUN, EventLogReader
 
 pytestmark = pytest.mark.skipif(not steplines.available(), reason="msgspec is not installed")
 
@@ -167,7 +167,7 @@ def test_steps_going_back_without_a_resume(tmp_path):
 
 
 def test_a_batch_that_rewinds_inside_itself_falls_back_to_one_by_one():
-    from kssm_core.steplines import decode_steps
+    from kssm_core.runfolder.steplines import decode_steps
 
     raws = run_of(1, 20) + run_of(5, 20)
     batch = decode_steps(raws)
@@ -181,7 +181,7 @@ def test_a_batch_that_rewinds_inside_itself_falls_back_to_one_by_one():
 
 
 def test_decode_steps_refuses_what_it_is_not_sure_of():
-    from kssm_core.steplines import decode_steps
+    from kssm_core.runfolder.steplines import decode_steps
 
     good = run_of(1, 3)
     assert decode_steps(good).steps == [1, 2, 3]
@@ -278,7 +278,7 @@ def test_a_huge_step_is_skipped_not_a_crash():
 
 @pytest.mark.parametrize("length", [MAX_LINE_BYTES - 1, MAX_LINE_BYTES, MAX_LINE_BYTES + 1, 3 * MAX_LINE_BYTES // 2 + 7])
 def test_the_quick_long_line_check_never_misses_one(length):
-    from kssm_core.runlog import _no_line_over_max
+    from kssm_core.runfolder.runlog import _no_line_over_max
 
     for before in (0, 1, 10, MAX_LINE_BYTES // 2 - 1, MAX_LINE_BYTES // 2, 777_777):
         data = b"a\n" * (before // 2) + b"x" * length + b"\n" + b"b\n" * 10

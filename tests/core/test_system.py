@@ -1,4 +1,4 @@
-"""kssm_core.system: the machine facts the status command and the cockpit's resource watch share."""
+"""kssm_core.runfolder.system: the machine facts the status command and the cockpit's resource watch share."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from kssm_core import system
+from kssm_core.runfolder import system
 
 
 def test_disk_usage_of_a_folder_not_created_yet_reads_its_parent(tmp_path):

@@ -17,12 +17,12 @@ import pytest
 import torch
 
 from kssm_testkit import read_events, run_kssm, start_kssm, tiny_config, train_args, wait_for_event
-from kssm_core import checkpoint as ckpt
-from kssm_core.checkpoint import load_checkpoint
+from kssm_core.training import checkpoint as ckpt
+from kssm_core.training.checkpoint import load_checkpoint
 from kssm_core.config import ModelConfig
-from kssm_core.lock import LOCK_NAME, process_start_time, read_lock
-from kssm_core.model import KSSM
-from kssm_core.trainer import EXIT_COMPLETED, EXIT_FAILED, EXIT_REFUSED, Trainer
+from kssm_core.runfolder.lock import LOCK_NAME, process_start_time, read_lock
+from kssm_core.model.kssm import KSSM
+from kssm_core.training.trainer import EXIT_COMPLETED, EXIT_FAILED, EXIT_REFUSED, Trainer
 
 
 def kinds(events, kind):
@@ -275,7 +275,7 @@ def test_disk_low_skips_the_save_with_a_warning(tmp_path, data_dir, monkeypatch)
 
 def test_disk_check_uses_the_last_checkpoint_size(tmp_path, data_dir, monkeypatch):
     # Room for exactly one more checkpoint of the size just written (plus the margin), then not.
-    from kssm_core.saving import DISK_MARGIN_BYTES
+    from kssm_core.training.saving import DISK_MARGIN_BYTES
 
     out = tmp_path / "run"
     state = {"free": 10**12}
@@ -389,7 +389,7 @@ def test_unavailable_device_is_a_bad_argument(tmp_path, data_dir):
 
 
 def test_lock_that_cannot_be_created_is_a_one_line_refusal(tmp_path, data_dir, monkeypatch, capsys):
-    import kssm_core.lock as lk
+    import kssm_core.runfolder.lock as lk
 
     def read_only_folder(*_args, **_kwargs):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))

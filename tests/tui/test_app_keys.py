@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from textual.widgets import Button
 
-from kssm_core.lock import process_start_time
+from kssm_core.runfolder.lock import process_start_time
 from kssm_tui import controller as ctl
 from kssm_tui.app import KEYS, KssmApp
 from kssm_tui.dialogs.clean import CleanDialog

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from kssm_core.lock import process_start_time
+from kssm_core.runfolder.lock import process_start_time
 from kssm_tui import controller as ctl
 
 # A stand-in trainer: reports its session and stdin, exits 130 on SIGTERM like the real one.
@@ -146,7 +146,7 @@ def test_stop_sends_nothing_when_the_folder_now_holds_another_trainer(tmp_path):
     import subprocess
     import sys
 
-    from kssm_core.lock import process_start_time
+    from kssm_core.runfolder.lock import process_start_time
 
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:

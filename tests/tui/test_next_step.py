@@ -42,8 +42,8 @@ def test_current_stage_is_the_running_one_else_the_newest_started():
 
 
 def test_a_run_completed_without_its_final_checkpoint_is_not_passed():
-    from kssm_core.history import RunHistory
-    from kssm_core.verdicts import Verdict
+    from kssm_core.runfolder.history import RunHistory
+    from kssm_core.runbook.verdicts import Verdict
     from kssm_tui.assess import run_state
 
     h = RunHistory()

@@ -9,7 +9,7 @@ import threading
 import time
 from pathlib import Path
 
-from kssm_core.lock import process_start_time
+from kssm_core.runfolder.lock import process_start_time
 from kssm_tui.messages import RunChanged, StagesChanged
 from kssm_tui.follower import RunFollower, entry_for
 from kssm_tui.tail import Monitor, monitor_loop

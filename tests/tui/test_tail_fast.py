@@ -7,8 +7,8 @@ import json
 import threading
 import time
 
-from kssm_core.history import RunHistory
-from kssm_core.runlog import EventLogReader
+from kssm_core.runfolder.history import RunHistory
+from kssm_core.runfolder.runlog import EventLogReader
 from kssm_tui.messages import RunChanged
 from kssm_tui.follower import RunFollower, preview_history
 from kssm_tui.tail import Monitor, monitor_loop
@@ -29,11 +29,11 @@ def state(h: RunHistory) -> str:
 
 
 def compact(rec: dict) -> str:
-    return json.dumps(rec, separators=(",", ":")) + "\n"  # as kssm_core.events writes them
+    return json.dumps(rec, separators=(",", ":")) + "\n"  # as kssm_core.runfolder.events writes them
 
 
 def test_the_follower_folds_what_the_plain_reader_folds(tmp_path, monkeypatch):
-    import kssm_core.steplines as steplines
+    import kssm_core.runfolder.steplines as steplines
 
     d = tmp_path / "run"
     d.mkdir()

@@ -11,7 +11,7 @@ import pytest
 from textual.app import App, ComposeResult
 from textual.widget import Widget
 
-from kssm_core.verdicts import Action, MatrixRow, StageAssessment, Verdict
+from kssm_core.runbook.verdicts import Action, MatrixRow, StageAssessment, Verdict
 from kssm_tui.widgets.alert_banner import AlertBanner
 from kssm_tui.widgets.chart import MetricChart, downsample, finite_xy, log_ticks
 from kssm_tui.widgets.event_log import EventLog

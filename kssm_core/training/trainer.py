@@ -2,7 +2,7 @@
 
 Writes the run folder described in docs/run-folder.md. Exit codes: 0 completed,
 1 failed (NaN, crash, bad data), 2 refused to start (lock held, bad arguments), 130 interrupted.
-Checkpoint writing (disk-room check, atomic saves, pruning) lives in kssm_core.saving, RNG capture in kssm_core.rng.
+Checkpoint writing (disk-room check, atomic saves, pruning) lives in kssm_core.training.saving, RNG capture in kssm_core.training.rng.
 """
 
 from __future__ import annotations
@@ -26,19 +26,19 @@ from typing import Any, TextIO
 import numpy as np
 import torch
 
-from . import checkpoint as ckpt
-from .archive import ArchiveError, archive_previous_run, previous_run_files
-from .atomic import atomic_write_bytes
-from .config import STAGE_TARGETS, ModelConfig, TrainConfig, model_config_for
-from .corpus import CorpusError, load_corpus
-from .data import BatchSampler, Tokenizer, prepare_tokens, val_batches
-from .distributed import SINGLE, Dist, NullEventWriter, NullTextLog, ShardSampler, split_batch
-from .events import STEP_HEADER, EventWriter, TextLog, format_step_line
-from .lock import LOCK_NAME, LockHeld, RunLock, lock_state, read_lock
-from .model import KSSM
-from .precision import autocast, resolve_precision
-from .rng import rng_for_rank, set_rng_state
-from .saving import CheckpointSaver
+from kssm_core.training import checkpoint as ckpt
+from kssm_core.training.archive import ArchiveError, archive_previous_run, previous_run_files
+from kssm_core.runfolder.atomic import atomic_write_bytes
+from kssm_core.config import STAGE_TARGETS, ModelConfig, TrainConfig, model_config_for
+from kssm_core.training.corpus import CorpusError, load_corpus
+from kssm_core.training.data import BatchSampler, Tokenizer, prepare_tokens, val_batches
+from kssm_core.training.distributed import SINGLE, Dist, NullEventWriter, NullTextLog, ShardSampler, split_batch
+from kssm_core.runfolder.events import STEP_HEADER, EventWriter, TextLog, format_step_line
+from kssm_core.runfolder.lock import LOCK_NAME, LockHeld, RunLock, lock_state, read_lock
+from kssm_core.model.kssm import KSSM
+from kssm_core.training.precision import autocast, resolve_precision
+from kssm_core.training.rng import rng_for_rank, set_rng_state
+from kssm_core.training.saving import CheckpointSaver
 
 EXIT_COMPLETED, EXIT_FAILED, EXIT_REFUSED, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -367,7 +367,7 @@ class Trainer:
         if state is not None and state.get("config", {}).get("data_dir_resolved"):
             folder = Path(state["config"]["data_dir_resolved"])
             if folder.is_dir():
-                from .data import load_tokens
+                from kssm_core.training.data import load_tokens
 
                 try:
                     return load_tokens(folder)

@@ -79,7 +79,7 @@ class Criteria:
     goldilocks_warning: float = 0.20
     """Stage 5: R >= healthy is Goldilocks; warning <= R < healthy is a Warning; below is a Failure."""
 
-    # ---- samples (see kssm_core.sample_quality) --------------------------------------------------------
+    # ---- samples (see kssm_core.runbook.sample_quality) --------------------------------------------------------
     sample_words_share: float = 0.6
     """Share of real English words for "words/phrases" (also needs a phrase: a run of 3 real words, enough
     function words and few grammar slips, see below)."""
@@ -132,7 +132,7 @@ class Criteria:
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - set(fields))
         if unknown:
-            raise CriteriaError(f"unknown criteria field(s): {', '.join(unknown)} (see kssm_core/criteria.py)")
+            raise CriteriaError(f"unknown criteria field(s): {', '.join(unknown)} (see kssm_core/runbook/criteria.py)")
         clean: dict[str, Any] = {}
         for name, value in data.items():
             if name == "r_zone_edges":

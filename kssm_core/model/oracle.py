@@ -2,9 +2,9 @@
 
 Plain eager PyTorch, no tricks: the multi-scale readout materialises n*theta as a [B, S, N, H] tensor
 and takes cos and sin of all of it, and autograd keeps what it needs. It is slow and memory-hungry on
-purpose; tests and benchmarks/train_throughput.py compare kssm_core.oscillator against it. Production
+purpose; tests and benchmarks/train_throughput.py compare kssm_core.model.oscillator against it. Production
 code never calls it; `use_reference` swaps it into a model so the benchmark can time the naive model,
-together with `reference_loss`, the cross-entropy on full logits that kssm_core.fused_ce replaces.
+together with `reference_loss`, the cross-entropy on full logits that kssm_core.model.fused_ce replaces.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def reference_harmonic_means(theta: torch.Tensor, n_harmonics: int) -> tuple[tor
 def reference_bank_forward(bank, h: torch.Tensor):
     """KuramotoOscillatorBank.forward, step by step from the spec; sets bank.last like the module does.
 
-    `bank` is a kssm_core.model.KuramotoOscillatorBank: its parameters, config and evaluation
+    `bank` is a kssm_core.model.kssm.KuramotoOscillatorBank: its parameters, config and evaluation
     interventions (force_R, u_floor, noise) are read from it, so the two paths are comparable on
     the very same module. Returns the readout [B, S, D].
     """
@@ -38,7 +38,7 @@ def reference_bank_forward(bank, h: torch.Tensor):
 
 
 def _reference_steps(bank, h: torch.Tensor):
-    from .model import BankTelemetry  # late import: no import cycle should model.py ever use this module
+    from kssm_core.model.kssm import BankTelemetry  # late import: no import cycle should model.py ever use this module
 
     cfg = bank.cfg
     # 1. ten scalars per token
@@ -82,7 +82,7 @@ def _reference_steps(bank, h: torch.Tensor):
 def reference_loss(model, idx: torch.Tensor, targets: torch.Tensor, lambda_reg: float):
     """KSSM.loss the plain way: full [B, S, V] logits, then F.cross_entropy (upcast to fp32).
 
-    The oracle for kssm_core.fused_ce, which computes the same CE without building the logits.
+    The oracle for kssm_core.model.fused_ce, which computes the same CE without building the logits.
     Returns (total, ce, output) like KSSM.loss.
     """
     out = model(idx)
@@ -94,7 +94,7 @@ def reference_loss(model, idx: torch.Tensor, targets: torch.Tensor, lambda_reg: 
 def use_reference(model: torch.nn.Module) -> Iterator[None]:
     """Within the block, `model` runs the spec's plain maths (for tests and benchmarks): every
     oscillator bank the reference forward, and every KSSM's loss the full-logits cross-entropy."""
-    from .model import KSSM, KuramotoOscillatorBank
+    from kssm_core.model.kssm import KSSM, KuramotoOscillatorBank
 
     banks = [m for m in model.modules() if isinstance(m, KuramotoOscillatorBank)]
     models = [m for m in model.modules() if isinstance(m, KSSM)]

@@ -20,16 +20,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import alerts as alerts_mod
-from . import legacy, playbook, system
-from .atomic import atomic_write_bytes
-from .config import stage as stage_info
-from .criteria import DEFAULT, Criteria
-from .history import RunHistory, as_step
-from .lock import LOCK_NAME, lock_state, read_lock
-from .matrix import assess_stage, full_matrix, infer_stage, load_eval_results
-from .runlog import EventLogReader
-from .verdicts import Alert, MatrixRow, Severity, StageAssessment, Verdict
+from kssm_core.runbook import alerts as alerts_mod
+from kssm_core.runfolder import legacy
+from kssm_core.runbook import playbook
+from kssm_core.runfolder import system
+from kssm_core.runfolder.atomic import atomic_write_bytes
+from kssm_core.config import stage as stage_info
+from kssm_core.runbook.criteria import DEFAULT, Criteria
+from kssm_core.runfolder.history import RunHistory, as_step
+from kssm_core.runfolder.lock import LOCK_NAME, lock_state, read_lock
+from kssm_core.runbook.matrix import assess_stage, full_matrix, infer_stage, load_eval_results
+from kssm_core.runfolder.runlog import EventLogReader
+from kssm_core.runbook.verdicts import Alert, MatrixRow, Severity, StageAssessment, Verdict
 
 EVENTS_NAME = "events.jsonl"
 CACHE_VERSION = 1

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .atomic import atomic_write, atomic_write_bytes
-from .corpus import Corpus, CorpusError
+from kssm_core.runfolder.atomic import atomic_write, atomic_write_bytes
+from kssm_core.training.corpus import Corpus, CorpusError
 
 EOT = "<|endoftext|>"
 VAL_EVERY = 20  # every 20th chunk goes to validation: a 95/5 split

@@ -2,7 +2,7 @@
 
 A nearly full or full disk costs a `disk_low` / `disk_full` warning and that one checkpoint, never the run:
 training goes on and `saved_step` tells the trainer whether its final step reached the disk.
-Files are written through kssm_core.checkpoint (temp file, fsync, rename), so a kill mid-save leaves
+Files are written through kssm_core.training.checkpoint (temp file, fsync, rename), so a kill mid-save leaves
 every earlier checkpoint intact.
 """
 
@@ -11,10 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from . import checkpoint as ckpt
-from .config import STAGE_TARGETS, TrainConfig
-from .distributed import Dist
-from .rng import rng_state
+from kssm_core.training import checkpoint as ckpt
+from kssm_core.config import STAGE_TARGETS, TrainConfig
+from kssm_core.training.distributed import Dist
+from kssm_core.training.rng import rng_state
 
 DISK_MARGIN_BYTES = 16 * 1024 * 1024
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .model import KSSM
+from kssm_core.model.kssm import KSSM
 
 
 @contextlib.contextmanager

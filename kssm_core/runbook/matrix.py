@@ -6,7 +6,7 @@ every row of every stage so the cockpit can show the whole table with the curren
 Rows of stages up to and including the run's own stage are judged from this run's history (a stage 3
 run must still pass the stage 1 and 2 gates); rows of later stages are Pending ("not reached"), because
 a later gate applied to an earlier, shorter run would fail by design and mean nothing.
-Each Warning / Failure row carries a pasteable remedy from kssm_core.playbook.
+Each Warning / Failure row carries a pasteable remedy from kssm_core.runbook.playbook.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ from typing import Callable
 
 import numpy as np
 
-from . import playbook
-from .config import STAGES, stage as stage_info
-from .criteria import DEFAULT, Criteria
-from .history import RunHistory, as_step
-from .sample_quality import classify_sample
-from .verdicts import Action, MatrixRow, StageAssessment, Verdict
+from kssm_core.runbook import playbook
+from kssm_core.config import STAGES, stage as stage_info
+from kssm_core.runbook.criteria import DEFAULT, Criteria
+from kssm_core.runfolder.history import RunHistory, as_step
+from kssm_core.runbook.sample_quality import classify_sample
+from kssm_core.runbook.verdicts import Action, MatrixRow, StageAssessment, Verdict
 
 H, W, F, P = Verdict.HEALTHY, Verdict.WARNING, Verdict.FAILURE, Verdict.PENDING
 

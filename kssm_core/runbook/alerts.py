@@ -1,8 +1,8 @@
 """Alerts beyond the decision matrix, as pure functions of a run's history and facts passed in.
 
 Grad norm exploding / vanishing, reg loss out of its band, a stalled or crashed trainer, too little disk
-for the checkpoints still to come, memory pressure. Facts about the machine (kssm_core.system) and the
-lock state (kssm_core.lock.lock_state) are arguments, so tests can feed any situation.
+for the checkpoints still to come, memory pressure. Facts about the machine (kssm_core.runfolder.system) and the
+lock state (kssm_core.runfolder.lock.lock_state) are arguments, so tests can feed any situation.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import playbook
-from .config import STAGE_TARGETS, TrainConfig
-from .criteria import DEFAULT, Criteria
-from .history import RunHistory, as_number, as_step
-from .system import SystemFacts
-from .verdicts import Alert, Severity
+from kssm_core.runbook import playbook
+from kssm_core.config import STAGE_TARGETS, TrainConfig
+from kssm_core.runbook.criteria import DEFAULT, Criteria
+from kssm_core.runfolder.history import RunHistory, as_number, as_step
+from kssm_core.runfolder.system import SystemFacts
+from kssm_core.runbook.verdicts import Alert, Severity
 
 _DEFAULTS = TrainConfig()
 LEGACY_SAVE_INTERVAL = 1000  # the reference trainer's

@@ -12,7 +12,7 @@ from __future__ import annotations
 from array import array
 from operator import attrgetter
 
-from .history import NAN, STEP_FIELDS, StepBatch
+from kssm_core.runfolder.history import NAN, STEP_FIELDS, StepBatch
 
 try:  # optional at import: without it every line takes the json path
     import msgspec

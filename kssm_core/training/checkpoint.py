@@ -19,12 +19,12 @@ from typing import Any
 
 import torch
 
-from .atomic import atomic_write, write_all
+from kssm_core.runfolder.atomic import atomic_write, write_all
 
 CHECKPOINT_FORMAT = "kssm-checkpoint/1"
 CHECKPOINT_RE = re.compile(r"^checkpoint_(\d+)\.pt$")
 BEST_NAME = "best_model.pt"
-# Temp files of atomic writes (kssm_core.atomic names them): a SIGKILL mid-save leaves one behind.
+# Temp files of atomic writes (kssm_core.runfolder.atomic names them): a SIGKILL mid-save leaves one behind.
 TEMP_RE = re.compile(r"^\.(checkpoint_\d+\.pt|best_model\.pt|config\.json)\..+\.tmp$")
 # What --resume needs from a checkpoint (a weights-only file, e.g. one exported for evaluation, lacks most).
 RESUME_KEYS = ("step", "config", "model_config", "model_state", "optimizer_state", "scheduler_state", "data_state")
@@ -213,7 +213,7 @@ def plan_clean(run_dir: str | Path, keep: int = 1) -> CleanPlan:
 
     Never best_model.pt, never the newest loadable checkpoint, never a symlink or anything
     outside run_dir, never a file whose name is not checkpoint_{step}.pt. The top level only: the earlier
-    runs a fresh start moved to run_dir/previous/ (kssm_core.archive) are never listed.
+    runs a fresh start moved to run_dir/previous/ (kssm_core.training.archive) are never listed.
     """
     root = Path(run_dir)
     if root.is_symlink():  # deleting through a link would delete the target's files

@@ -1,6 +1,6 @@
 """Facts about this machine, gathered with psutil: disk free for a path, memory, a process's life and size.
 
-Kept apart from the rules (kssm_core.alerts) so that those stay pure: tests pass facts in.
+Kept apart from the rules (kssm_core.runbook.alerts) so that those stay pure: tests pass facts in.
 """
 
 from __future__ import annotations

@@ -61,7 +61,7 @@ def as_step(value: Any) -> int | None:
 
 
 class StepBatch:
-    """Consecutive step events as columns (kssm_core.steplines decodes them so): `steps` (ints), `ts` (finite
+    """Consecutive step events as columns (kssm_core.runfolder.steplines decodes them so): `steps` (ints), `ts` (finite
     floats or None: JSON cannot spell NaN) and an array("d") per STEP_FIELDS name, NaN where the value was
     absent or null. RunHistory.extend folds it without a dict per event."""
 

@@ -14,7 +14,7 @@ import os
 import time
 from pathlib import Path
 
-from .checkpoint import BEST_NAME, CHECKPOINT_RE
+from kssm_core.training.checkpoint import BEST_NAME, CHECKPOINT_RE
 
 ARCHIVE_DIR = "previous"
 RUN_FILES = ("events.jsonl", "training.log", "config.json", BEST_NAME, "eval", "eval.out")

@@ -1,6 +1,6 @@
 """Fast multi-scale readout of the oscillator bank: Z_n = mean_k exp(i n theta_k) for n = 1..H.
 
-The naive form (kssm_core.reference) builds n*theta as a [B, S, N, H] tensor, takes cos and sin of
+The naive form (kssm_core.model.oracle) builds n*theta as a [B, S, N, H] tensor, takes cos and sin of
 all of it and keeps it for backward: 2H transcendental functions per oscillator and several
 [B, S, N, H] tensors of memory traffic per bank. Here each harmonic is split as n = a + P*b
 (a = 1..P, b = 0..Q-1, P*Q >= H, P ~ Q ~ sqrt(H)), so with z = exp(i theta):

@@ -4,7 +4,7 @@
 last line for next time, skips (and counts) lines it cannot parse, and notices a truncated
 or replaced file (then starts again from 0). Heartbeats, most of a long log, are not parsed
 one by one: only the newest of each batch is. With `read_new(step_batches=True)` long runs of step
-lines are decoded by kssm_core.steplines into columnar StepBatch items (RunHistory.extend folds them);
+lines are decoded by kssm_core.runfolder.steplines into columnar StepBatch items (RunHistory.extend folds them);
 any run it is not sure of is parsed the ordinary way.
 """
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from . import steplines
+from kssm_core.runfolder import steplines
 
 MAX_LINE_BYTES = 1_000_000  # a longer line is damage, not an event
 _HEARTBEAT_TAG = b'"event":"heartbeat"'

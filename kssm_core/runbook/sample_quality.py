@@ -24,7 +24,7 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .criteria import DEFAULT, Criteria
+from kssm_core.runbook.criteria import DEFAULT, Criteria
 
 _WORD_RE = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?")
 _CONTRACTIONS = ("'s", "'t", "'ll", "'re", "'ve", "'d", "'m")
@@ -147,7 +147,7 @@ def lexicon() -> frozenset[str]:
     """Common English words plus the embedded corpus's vocabulary (words seen at least twice)."""
     words = set(COMMON_WORDS.split())
     try:
-        from .corpus import embedded_default_corpus
+        from kssm_core.training.corpus import embedded_default_corpus
 
         counts: Counter[str] = Counter()
         for doc in embedded_default_corpus().documents:

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .data import BatchSampler
+from kssm_core.training.data import BatchSampler
 
 TRAIN_TIMEOUT_S = float(os.environ.get("KSSM_DIST_TIMEOUT_S", "60"))
 """Training collectives (gradients, metrics): a peer silent this long is taken as dead."""
@@ -336,8 +336,8 @@ def _run_end_since(events: Path, since: float) -> tuple[bool, str | None]:
 def finish_after_workers(run_dir: Path, since: float, code: int) -> int:
     """After torchrun exits: the exit code from the run's own run_end; if rank 0 died before writing it,
     write `run_end failed` for it and remove its (now stale) lock, so the folder never looks alive."""
-    from .events import EventWriter
-    from .lock import lock_state, read_lock, unlock
+    from kssm_core.runfolder.events import EventWriter
+    from kssm_core.runfolder.lock import lock_state, read_lock, unlock
 
     started, status = _run_end_since(run_dir / "events.jsonl", since)
     if status is not None:

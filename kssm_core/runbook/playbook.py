@@ -12,10 +12,10 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from .config import TrainConfig, stage as stage_info
-from .criteria import DEFAULT, Criteria
-from .history import RunHistory, as_number, as_step
-from .verdicts import MatrixRow, Verdict
+from kssm_core.config import TrainConfig, stage as stage_info
+from kssm_core.runbook.criteria import DEFAULT, Criteria
+from kssm_core.runfolder.history import RunHistory, as_number, as_step
+from kssm_core.runbook.verdicts import MatrixRow, Verdict
 
 _DEFAULTS = TrainConfig()
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from .config import ModelConfig
+from kssm_core.config import ModelConfig
 
 EPS = 1e-5
 
@@ -76,9 +76,9 @@ class KuramotoOscillatorBank(nn.Module):
         coupling = 2.0 * torch.sigmoid(u)  # K, [B, S]
 
         # Steps 5-7 (phases, one mean-field step, Lorentzian noise, multi-scale readout) run fused in
-        # kssm_core.oscillator, which never materialises [B, S, N, H]; kssm_core.reference keeps the
+        # kssm_core.model.oscillator, which never materialises [B, S, N, H]; kssm_core.model.oracle keeps the
         # step-by-step form as the test oracle. xi is drawn exactly as randn_like(theta) would be.
-        from .oscillator import phase_readout
+        from kssm_core.model.oscillator import phase_readout
 
         xi = spread = None
         if self.noise:
@@ -105,9 +105,9 @@ def harmonic_means(theta: torch.Tensor, harmonics: torch.Tensor | int) -> tuple[
     """Re and Im of Z_n = mean_k exp(i n theta_k), n = 1..H: [B,S,N] -> 2 x [B,S,H].
 
     `harmonics` is H or the bank's buffer arange(1, H + 1) (only its length is read: no host sync).
-    The fast kernel (kssm_core.oscillator) never builds [B,S,N,H]; kssm_core.reference is the naive oracle.
+    The fast kernel (kssm_core.model.oscillator) never builds [B,S,N,H]; kssm_core.model.oracle is the naive oracle.
     """
-    from .oscillator import harmonic_means as fast_harmonic_means  # local: keeps this edit inside the function
+    from kssm_core.model.oscillator import harmonic_means as fast_harmonic_means  # local: keeps this edit inside the function
 
     n_harmonics = harmonics if isinstance(harmonics, int) else harmonics.numel()
     return fast_harmonic_means(theta, n_harmonics)
@@ -223,11 +223,11 @@ class KSSM(nn.Module):
     def loss(self, idx: torch.Tensor, targets: torch.Tensor, lambda_reg: float) -> tuple[torch.Tensor, torch.Tensor, ModelOutput]:
         """Total loss = CE + lambda_reg * reg. Returns (total, ce, output).
 
-        The CE is fused with the tied head (kssm_core.fused_ce), so the [B, S, V] logits are never
+        The CE is fused with the tied head (kssm_core.model.fused_ce), so the [B, S, V] logits are never
         built; the output computes them only if `.logits` is read. The spec's plain form,
-        F.cross_entropy on full logits, is kssm_core.reference.reference_loss.
+        F.cross_entropy on full logits, is kssm_core.model.oracle.reference_loss.
         """
-        from .fused_ce import linear_cross_entropy
+        from kssm_core.model.fused_ce import linear_cross_entropy
 
         feats = self._features(idx)
         ce = linear_cross_entropy(feats.reshape(-1, feats.size(-1)), self.output_head.weight, targets.reshape(-1))

@@ -1,0 +1,1 @@
+"""The runbook as rules: criteria, verdicts, the decision matrix, sample quality, alerts, the playbook, run status. Never imports torch."""
