@@ -23,7 +23,9 @@ from textual.worker import get_current_worker
 
 from kssm_core.config import STAGES
 
-from . import ascii_chrome, assess
+from kssm_core.runfolder import layout
+
+from . import ascii_chrome, labels
 from . import controller as ctl
 from .messages import FactsSampled, RunChanged, RunView, StageInfo, StagesChanged, TrainerExited, WorkerTrouble
 from .screens.dashboard import CHARTS, Dashboard
@@ -85,7 +87,7 @@ class KssmApp(RunActions, App):
         self.set_interval(1.0, self._reap)
 
     def _newest_started(self) -> int | None:
-        started = [s.number for s in STAGES if (self.runs_root / s.output_dir / "events.jsonl").exists()]
+        started = [s.number for s in STAGES if (self.runs_root / s.output_dir / layout.EVENTS).exists()]
         return max(started) if started else None
 
     def _tail_body(self) -> None:
@@ -255,7 +257,7 @@ class KssmApp(RunActions, App):
 
     def _current_stage(self) -> int | None:
         """The stage in progress: a running one, else the newest started one."""
-        return assess.current_stage({n: s.state for n, s in self.stages.items()})
+        return labels.current_stage({n: s.state for n, s in self.stages.items()})
 
     def action_toggle_log(self) -> None:
         self.log_y = not self.log_y

@@ -19,9 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kssm_core.config import STAGES, stage as stage_of
+from kssm_core.runbook import cmdline
+from kssm_core.runfolder import layout
 from kssm_core.runfolder.lock import lock_state, read_lock
 
-TRAINER_OUT = "trainer.out"
+TRAINER_OUT = layout.TRAINER_OUT
 EXTRA_ARGS_ENV = "KSSM_TUI_TRAIN_ARGS"  # extra `kssm train` flags for every spawned trainer (tests, tiny runs)
 EXIT_KINDS = {0: "completed", 1: "failed", 130: "interrupted", 2: "refused"}  # kssm train's exit codes
 
@@ -34,31 +36,29 @@ def extra_args() -> list[str]:
     return shlex.split(os.environ.get(EXTRA_ARGS_ENV, ""))
 
 
+def _spawnable(argv: list[str], quiet: bool = True) -> list[str]:
+    """A cmdline argv as this cockpit runs it: this interpreter, --quiet, plus KSSM_TUI_TRAIN_ARGS for trainers."""
+    out = cmdline.spawnable(argv)
+    return out + (["--quiet"] if quiet else []) + (extra_args() if argv[1] == "train" else [])
+
+
 def stage_command(runs_root: Path, number: int) -> list[str]:
     """`kssm train --stage N` for the runbook's stage N, starting from the previous stage's best model."""
-    cmd = [sys.executable, "-m", "kssm_core", "train", "--stage", str(number), "--runs-root", str(runs_root), "--quiet"]
-    if number > 1:
-        best = stage_dir(runs_root, number - 1) / "best_model.pt"
-        if best.is_file():
-            cmd += ["--init-from", str(best)]
-    return cmd + extra_args()
+    return _spawnable(cmdline.next_stage(runs_root, number))
 
 
 def resume_command(run_dir: Path, max_steps: int | None) -> list[str]:
-    cmd = [sys.executable, "-m", "kssm_core", "train", "--output-dir", str(run_dir), "--resume", "--quiet"]
-    if max_steps:
-        cmd += ["--max-steps", str(max_steps)]
-    return cmd + extra_args()
+    return _spawnable(cmdline.resume(run_dir, max_steps))
 
 
 def eval_command(run_dir: Path) -> list[str]:
-    return [sys.executable, "-m", "kssm_core", "eval", "all", "--model", str(Path(run_dir) / "best_model.pt")]
+    return _spawnable(cmdline.eval_all(run_dir), quiet=False)
 
 
 def eval_summary(run_dir: Path) -> str | None:
     """'PASS: ...' / 'FAIL: ...' from RUN_DIR/eval/summary.json, or None when it is missing or unreadable."""
     try:
-        d = json.loads((Path(run_dir) / "eval" / "summary.json").read_text(encoding="utf-8"))
+        d = json.loads((Path(run_dir) / layout.EVAL_DIR / layout.EVAL_SUMMARY).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         return None
     if not isinstance(d, dict) or not isinstance(d.get("verdict"), str):
@@ -165,7 +165,7 @@ class TrainerController:
         running = self.evals.get(run_dir)
         if running is not None and running.poll() is None:
             raise EvalBusy(f"an evaluation of {run_dir} is already running (PID {running.pid})")
-        self.evals[run_dir] = proc = self.launch(eval_command(run_dir), run_dir, "eval.out")
+        self.evals[run_dir] = proc = self.launch(eval_command(run_dir), run_dir, layout.EVAL_OUT)
         return proc
 
     def finished_evals(self) -> list[tuple[Path, int]]:

@@ -22,13 +22,14 @@ class StageInfo:
 
     number: int
     folder: Path
-    state: str  # one of StagePlan's states: "not started", "running", "passed", "crashed", ...
+    state: str  # one of StagePlan's labels (kssm_tui.labels.plan_label): "not started", "running", "passed", ...
     step: int | None = None
     max_steps: int | None = None
     verdict: str | None = None  # healthy / warning / failure / pending, when assessed
     failed_rows: tuple[str, ...] = ()  # "Val PPL: val PPL 2400 > 2000" for rows not healthy
     lock_state: str = "none"  # none / live / stale / foreign
     lock_pid: int | None = None
+    status: Any = None  # the kssm_core RunStatus the label was made from (None while loading)
 
 
 @dataclass
@@ -72,6 +73,7 @@ class RunView:
     trainer_out_tail: str = ""
     end_status: str | None = None  # the newest run_end's status (completed / interrupted / failed), None while running
     end_reason: str | None = None  # and its reason (e.g. nan_loss, max_steps reached)
+    status: Any = None  # kssm_core.runbook.runstatus.RunStatus the view renders (None while loading)
 
 
 class StagesChanged(Message):

@@ -14,6 +14,8 @@ from typing import Callable
 from textual.worker import get_current_worker
 
 from kssm_core.config import stage as stage_of
+from kssm_core.runbook.status import run_status
+from kssm_core.runfolder import layout
 from kssm_core.runfolder.lock import LockHeld, lock_state, read_lock, unlock
 
 from . import controller as ctl
@@ -104,6 +106,13 @@ class RunActions:
         if v is not None and v.end_reason == "nan_loss":  # the same settings would diverge again
             self.say(f"not resuming: the loss went NaN; {v.recommendation}", severity="warning", timeout=10)
             return
+        if v is not None and v.status is not None and v.status.source == "legacy":  # never continued in place
+            self.say(f"not resuming in {run_dir.name}: a reference-trainer run is never written to; "
+                     f"{v.status.recommendation.text}", severity="warning", timeout=12)
+            return
+        if v is not None and v.status is not None and v.status.state == "running":
+            self.say(f"not resuming: {v.status.state_reason}", severity="warning")
+            return
         target = v.max_steps if v is not None else None
         if target is None and self.monitor.shown_folder()[1]:
             target = stage_of(self.monitor.shown_folder()[1]).steps
@@ -116,11 +125,16 @@ class RunActions:
             self._say_from_thread(f"not resuming: a trainer this cockpit started is running (PID {pid})",
                                   severity="warning")
             return
-        state, why = lock_state(read_lock(run_dir))
-        if state in ("live", "foreign"):
-            self._say_from_thread(f"not resuming: {why}", severity="warning")
+        st = run_status(run_dir)  # judged afresh: the trainer may have come back to life, lock or no lock
+        if st.state == "running" or st.lock in ("live", "foreign"):
+            self._say_from_thread(f"not resuming: {st.state_reason}", severity="warning")
             return
-        if not (run_dir / "events.jsonl").exists() and not any(run_dir.glob("checkpoint_*.pt")):
+        if st.source == "legacy":
+            self._say_from_thread(f"not resuming: {run_dir.name} is a reference-trainer run; "
+                                  f"{st.recommendation.text}", severity="warning", timeout=12)
+            return
+        state = st.lock
+        if not (run_dir / layout.EVENTS).exists() and layout.newest_checkpoint_file(run_dir) is None:
             self._say_from_thread(f"nothing to resume in {run_dir}: press n to start a stage", severity="warning")
             return
         if state == "stale":
@@ -210,7 +224,7 @@ class RunActions:
 
     def _eval(self, run_dir: Path) -> None:
         """Thread: start `kssm eval all` on the run's best model."""
-        if not (run_dir / "best_model.pt").is_file():
+        if not (run_dir / layout.BEST_MODEL).is_file():
             self._say_from_thread(f"no best_model.pt in {run_dir} yet", severity="warning")
             return
         try:
@@ -221,7 +235,7 @@ class RunActions:
         except OSError as exc:
             self._say_from_thread(f"could not start the evaluation: {exc}", severity="error")
             return
-        self._say_from_thread(f"evaluation started: output in {run_dir / 'eval.out'}, results in {run_dir / 'eval'}")
+        self._say_from_thread(f"evaluation started: output in {run_dir / layout.EVAL_OUT}, results in {run_dir / layout.EVAL_DIR}")
 
     def _report_eval(self, run_dir: Path, rc: int) -> None:
         """Thread: say how an evaluation we started ended (eval/summary.json's verdict when it wrote one)."""
@@ -231,4 +245,4 @@ class RunActions:
                                   severity="information" if summary.startswith("PASS") else "warning", timeout=10)
         else:
             self._say_from_thread(f"evaluation of {run_dir} ended (exit {rc}) without a summary: see "
-                                  f"{run_dir / 'eval.out'}", severity="error", timeout=10)
+                                  f"{run_dir / layout.EVAL_OUT}", severity="error", timeout=10)

@@ -1,7 +1,8 @@
-"""The dashboard's payload for one run: charts downsampled, the matrix, the advice, the alerts (no Textual).
+"""The dashboard's payload for one run: charts downsampled, plus the core's RunStatus as the cockpit words it (no Textual).
 
-`build_view` turns a RunFollower's history into an immutable RunView; its cost is bounded whatever
-the run's length (MAX_POINTS per chart series).
+`build_view` turns a follower's history (charts) and the run's RunStatus (state, matrix, alerts, advice:
+all decided by kssm_core.runbook.judge) into an immutable RunView; its cost is bounded whatever the run's
+length (MAX_POINTS per chart series).
 """
 
 from __future__ import annotations
@@ -9,11 +10,14 @@ from __future__ import annotations
 import math
 
 from kssm_core.runbook.matrix import zone_bands
+from kssm_core.runbook.runstatus import RunStatus
 from kssm_core.runbook.verdicts import Verdict
+from kssm_core.runfolder import layout
+from kssm_core.runfolder.follower import RunFollower
 
-from . import assess
-from .controller import TRAINER_OUT, tail_text
-from .follower import RunFollower
+from . import labels
+from .controller import tail_text
+from .entries import entries_for
 from .messages import ChartSpec, RunView
 from .safe_text import clean
 
@@ -38,12 +42,13 @@ def downsample(steps, values, limit: int = MAX_POINTS) -> tuple[list[int], list[
     return xs, ys
 
 
-def build_view(f: RunFollower, stage: int | None, lock: tuple[str, str, int | None], assessment, state: tuple[str, str],
-               fresh: bool, partial: bool = False, reuse: RunView | None = None,
-               hints: tuple[int | None, bool] = (None, True)) -> RunView:
+def build_view(f: RunFollower, status: RunStatus | None, stage: int | None, fresh: bool, *,
+               loading: str | None = None, hints: tuple[int | None, bool] = (None, True)) -> RunView:
     """The dashboard's payload for one run (downsampled: cost is bounded whatever the run's length).
 
-    `hints` = (the current stage, read-only?) for the key named in the next-step line (assess.next_step).
+    `status`: the core's judgement of the run (None while a long log is still being read: `loading` then
+    says how far, and no verdict is shown, since verdicts on half a history would mislead).
+    `hints` = (the current stage, read-only?) for the key named in the next-step line (labels.next_step).
     """
     h = f.history
     s, e = h.steps, h.evals
@@ -67,32 +72,31 @@ def build_view(f: RunFollower, stage: int | None, lock: tuple[str, str, int | No
     sparks["val_ppl"] = downsample(e.steps, e.cols["val_ppl"], 60)[1]
     hb = h.last_heartbeat or {}
     hb_t = hb.get("t") if isinstance(hb.get("t"), (int, float)) else None
-    need = assess.checkpoint_need(h)  # the same rule as kssm status's disk alert
-    tail = tail_text(f.run_dir / TRAINER_OUT) if state[0] in ("crashed", "failed") else ""
-    # A partial view (a long log still being read) skips the matrix: verdicts on half a history would mislead.
-    # `reuse`: a live run's matrix and advice are refreshed every few seconds, not on every step event.
-    if partial:
-        rows, rec, alerts = [], state[1], []
-    elif reuse is not None:
-        rows, rec, alerts = reuse.matrix_rows, reuse.recommendation, reuse.alerts
-    else:
-        rows = assess.full_matrix(h, stage, f.run_dir)
-        code, rec = assess.recommendation(f.run_dir, h, state[1])
-        passed = assessment is not None and assessment.verdict == Verdict.HEALTHY
-        rec = assess.next_step(code, rec, stage, *hints, passed=passed)
-        alerts = assess.alerts(h, f.run_dir, lock[0])
-    end = h.run_end or {}
     replace = fresh or f.reset_pending
     f.reset_pending = False
-    entries = f.take_entries()
+    entries = entries_for(f.take_records())
+    if status is None:
+        label, reason, rows, assessment, rec, alerts = "loading", loading or "reading history", [], None, loading or "", []
+        lock, pid, need, end = "none", None, None, {}
+    else:
+        label, reason = labels.plan_label(status), labels.plan_reason(status)
+        rows, assessment = status.matrix, status.assessment
+        code, text = labels.advice_line(status)
+        rec = labels.next_step(code, text, stage, *hints, passed=assessment.verdict == Verdict.HEALTHY,
+                               legacy=status.source == "legacy")
+        alerts = [a for a in status.alerts if a.code != "crashed"]  # a crash is shown from the state
+        lock, pid, need, end = status.lock, status.pid, status.disk.get("needed_bytes"), status.run_end or {}
+    tail = tail_text(f.run_dir / layout.TRAINER_OUT) if label in ("crashed", "failed") else ""
     return RunView(
-        run_dir=f.run_dir, stage=stage, state=state[0], state_reason=state[1], last_step=h.last_step,
+        run_dir=f.run_dir, stage=stage, state=label, state_reason=reason, last_step=h.last_step,
         max_steps=h.max_steps, events=h.events, bad_lines=f.reader.stats.bad_lines, resets=f.reader.stats.resets,
         charts=charts, sparks=sparks, matrix_rows=rows, assessment=assessment, recommendation=rec,
-        lock_state=lock[0], lock_pid=lock[2], gpu_mem_bytes=h.steps.last("gpu_mem_bytes"), last_heartbeat_t=hb_t,
+        lock_state=lock, lock_pid=pid if lock == "live" or (status is not None and status.process == "alive") else None,
+        gpu_mem_bytes=h.steps.last("gpu_mem_bytes"), last_heartbeat_t=hb_t,
         disk_needed_bytes=need, new_entries=entries, replace_log=replace,
         alerts=alerts, trainer_out_tail=_clean_block(tail),
         end_status=_text_or_none(end.get("status")), end_reason=_text_or_none(end.get("reason")),
+        status=status,
     )
 
 

@@ -27,7 +27,8 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from kssm_core.runbook.criteria import CriteriaError, load_criteria
-    from kssm_core.runbook.status import EXIT_USAGE, EventsFollower, find_run_dirs
+    from kssm_core.runbook.status import EXIT_USAGE, find_run_dirs
+    from kssm_core.runfolder.follower import RunFollower
 
     try:
         criteria = load_criteria(args.criteria)
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     if args.interval <= 0:
         print("kssm status: --interval must be > 0", file=sys.stderr)
         return EXIT_USAGE
-    followers: dict[str, EventsFollower] = {}
+    followers: dict[str, RunFollower] = {}
     while True:
         runs = [d for p in paths if p.exists() for d in find_run_dirs(p)]
         code = _report(runs, paths, criteria, args, followers)
@@ -58,17 +59,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _report(runs, paths, criteria, args, followers) -> int:
-    from kssm_core.runbook.status import EVENTS_NAME, EXIT_OK, EventsFollower, run_status
+    from kssm_core.runbook.status import EXIT_OK, run_status
+    from kssm_core.runfolder.follower import RunFollower
 
     statuses = []
     for d in runs:
         follower = None
-        if args.watch and (d / EVENTS_NAME).is_file():
+        if args.watch:  # one follower per folder for the whole watch: each refresh reads only new bytes
             key = str(d)
-            if key not in followers:
-                followers[key] = EventsFollower(d / EVENTS_NAME)
-                if not args.no_cache:
-                    followers[key].load_cached()
+            if key not in followers:  # the cache is stored at most every 30 s while watching
+                followers[key] = RunFollower(d, use_cache=not args.no_cache, cache_every_s=30.0)
             follower = followers[key]
         statuses.append(run_status(d, criteria, follower=follower, use_cache=not args.no_cache))
     code = max([s.exit_code for s in statuses], default=EXIT_OK)
@@ -94,18 +94,18 @@ def _nothing_message(paths) -> str:
     from pathlib import Path
 
     from kssm_core.config import STAGES
-    from kssm_core.runbook.playbook import init_from_args, shlex
+    from kssm_core.runbook import cmdline
 
     where = ", ".join(str(p) for p in paths)
-    args = ["kssm", "train", "--stage", "1"]
+    argv = cmdline.train(stage=1)
     if len(paths) == 1:
         p = Path(paths[0])
         st = next((s for s in STAGES if s.output_dir == p.name), None)
         if st is not None:
-            args = ["kssm", "train", "--stage", str(st.number), "--output-dir", str(p)] + init_from_args(p.parent, st.number)
-        elif str(p) not in ("results", "results/"):
-            args += ["--runs-root", str(p)]
-    return f"no run folders under {where}: ALL CLEAR: safe to start: {shlex.join(args)}"
+            argv = cmdline.train(stage=st.number, output_dir=p, init_from=cmdline.previous_best(p.parent, st.number))
+        else:
+            argv = cmdline.train(stage=1, runs_root=str(p).rstrip("/") or p)
+    return f"no run folders under {where}: ALL CLEAR: safe to start: {cmdline.text(argv)}"
 
 
 def format_status(s) -> str:

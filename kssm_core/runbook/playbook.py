@@ -8,11 +8,12 @@ resume keeps the run's own target. Pure functions; nothing here runs a command.
 from __future__ import annotations
 
 import math
-import shlex
+import shlex  # noqa: F401  (alerts.py still quotes through playbook.shlex; moves to cmdline after the matrix work lands)
 from pathlib import Path
 from typing import Any
 
 from kssm_core.config import TrainConfig, stage as stage_info
+from kssm_core.runbook import cmdline
 from kssm_core.runbook.criteria import DEFAULT, Criteria
 from kssm_core.runfolder.history import RunHistory, as_number, as_step
 from kssm_core.runbook.verdicts import MatrixRow, Verdict
@@ -50,17 +51,10 @@ def _run_dir(history: RunHistory, run_dir: str | Path | None) -> str:
     return out if isinstance(out, str) and out else "results/stage1"
 
 
-def _fmt_value(v: Any) -> str:
-    return f"{v:g}" if isinstance(v, float) else str(v)
-
-
 def init_from_args(runs_root: str | Path, stage: int | None) -> list[str]:
-    """`--init-from ROOT/<previous stage folder>/best_model.pt` when that file exists (as the cockpit's n
-    chains stages), else []: restarting stage N from random weights would drop the stages before it."""
-    if stage is None or not 2 <= stage <= 5:
-        return []
-    best = Path(runs_root) / stage_info(stage - 1).output_dir / "best_model.pt"
-    return ["--init-from", str(best)] if best.is_file() else []
+    """`--init-from ROOT/<previous stage folder>/best_model.pt` when that file exists, else []."""
+    best = cmdline.previous_best(runs_root, stage)
+    return ["--init-from", str(best)] if best is not None else []
 
 
 def train_command(history: RunHistory, run_dir: str | Path | None = None, *, resume: bool = False,
@@ -68,54 +62,29 @@ def train_command(history: RunHistory, run_dir: str | Path | None = None, *, res
     """`kssm train ...` that repeats the run's settings (stage, folder, preset, corpus) with `overrides` applied.
     Override names are TrainConfig fields (learning_rate=..., lambda_reg=..., seed=..., max_steps=...)."""
     cfg = history.config
-    args: list[str] = ["kssm", "train"]
     st = as_step(cfg.get("stage")) or as_step((history.run_start or {}).get("stage"))
     target = as_step(overrides.pop("max_steps", None)) or history.max_steps
-    if st is not None and 1 <= st <= 5:
-        args += ["--stage", str(st)]
-        if target is not None and target != stage_info(st).steps:
-            args += ["--max-steps", str(target)]
-    elif target is not None:
-        args += ["--max-steps", str(target)]
-    args += ["--output-dir", _run_dir(history, run_dir)]
-    if resume:
-        args.append("--resume")
-    elif "init_from" not in overrides:
-        args += init_from_args(Path(_run_dir(history, run_dir)).parent, st)
-    for name in ("preset", "corpus", "data_dir"):
-        v = cfg.get(name)
-        if isinstance(v, str) and v and v != getattr(_DEFAULTS, name) and name not in overrides:
-            args += ["--" + name.replace("_", "-"), v]
-    for name, value in overrides.items():
-        args += ["--" + name.replace("_", "-"), _fmt_value(value)]
-    return shlex.join(args)
+    out = _run_dir(history, run_dir)
+    init = None if resume or "init_from" in overrides else cmdline.previous_best(Path(out).parent, st)
+    return cmdline.text(cmdline.train(stage=st, output_dir=out, resume=resume, max_steps=target, init_from=init,
+                                      config=cfg, overrides=overrides))
 
 
 def resume_command(history: RunHistory, run_dir: str | Path | None = None, max_steps: int | None = None) -> str:
     """Emergency recovery: continue a crashed / interrupted run to its own target."""
-    args = ["kssm", "train", "--output-dir", _run_dir(history, run_dir), "--resume"]
-    target = max_steps or history.max_steps
-    if target is not None:
-        args += ["--max-steps", str(target)]
-    return shlex.join(args)
+    return cmdline.text(cmdline.resume(_run_dir(history, run_dir), max_steps or history.max_steps))
 
 
 def unlock_command(run_dir: str | Path) -> str:
-    return shlex.join(["kssm", "unlock", str(run_dir)])
+    return cmdline.text(cmdline.unlock(run_dir))
 
 
 def data_check_command(history: RunHistory) -> str:
-    cfg = history.config
-    args = ["kssm", "data", "check"]
-    for name in ("corpus", "data_dir", "preset"):
-        v = cfg.get(name)
-        if isinstance(v, str) and v:
-            args += ["--" + name.replace("_", "-"), v]
-    return shlex.join(args)
+    return cmdline.text(cmdline.data_check(history.config))
 
 
 def status_watch_command(run_dir: str | Path | None, history: RunHistory) -> str:
-    return shlex.join(["kssm", "status", _run_dir(history, run_dir), "--watch"])
+    return cmdline.text(cmdline.status_watch(_run_dir(history, run_dir)))
 
 
 # ---- the mapping -------------------------------------------------------------------------------------------

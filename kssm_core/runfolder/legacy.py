@@ -4,7 +4,10 @@ Recognised lines (each may carry our `[YYYY-mm-dd HH:MM:SS] ` prefix or none):
 the step table row `{step:6d} | {total:7.3f} | {ce:7.3f} | {reg:7.4f} | {R:.4f} | {u:7.3f} | {grad:8.3f}`,
 `EVALUATION @ Step N` followed by `  Val Loss: x`, `  Val Perplexity: x`, `  Val R: x`, `  Val u_val: x`,
 `  Sample: ...`, our header (`... | steps 0 -> 500 | ... | lr 0.001 | lambda_reg 0.01`), a `max_steps` mention,
-and `RUN END: status (reason)`. Anything else is ignored; nothing here raises on odd text.
+and `RUN END: status (reason)`. The reference trainer's own end: `Training Finished.` is a completed run_end;
+a traceback or an `Error:` line after the last step is a failed run_end with that line as its reason (a log
+that just stops has no run_end: kssm_core.runbook.judge decides crashed or unknown from the lock).
+Anything else is ignored; nothing here raises on odd text.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ _MAX_STEPS = re.compile(r"max[_ -]steps\W{0,3}(\d+)", re.IGNORECASE)
 _LR = re.compile(r"\b(?:lr|learning[_ ]rate)\W{0,3}" + _NUM, re.IGNORECASE)
 _LAMBDA = re.compile(r"\blambda[_ ]reg\W{0,3}" + _NUM, re.IGNORECASE)
 _END = re.compile(r"RUN END: (completed|interrupted|failed) \((.*)\)")
+_FINISHED = re.compile(r"^\s*Training Finished\.?\s*$")
+_TRACEBACK = re.compile(r"^Traceback \(most recent call last\):")
+_ERROR = re.compile(r"^\s*(?:[A-Za-z_][\w.]*(?:Error|Exception|Interrupt)|Error)(?::|\s*$)")
 _VAL_KEYS = {"loss": "val_loss", "perplexity": "val_ppl", "ppl": "val_ppl", "ce": "val_ce", "r": "val_R",
              "u_val": "val_u", "u": "val_u"}
 
@@ -58,6 +64,8 @@ def parse_legacy_lines(lines, run_dir: str | Path = ".", mtime: float | None = N
     pending_eval: dict | None = None
     t_now = mtime if mtime is not None else time.time()
     last_t = None
+    error_line: str | None = None  # the newest error / traceback line since the last step row
+    finished = False
 
     def flush_eval() -> None:
         nonlocal pending_eval
@@ -87,8 +95,17 @@ def parse_legacy_lines(lines, run_dir: str | Path = ".", mtime: float | None = N
         if t is not None:
             last_t = t
         t = t if t is not None else last_t if last_t is not None else t_now
+        if _FINISHED.match(line):
+            flush_eval()
+            out.append({"event": "run_end", "t": t, "status": "completed", "reason": "Training Finished.", "step": None})
+            finished, error_line = True, None
+            continue
+        if not finished and (_TRACEBACK.match(line) or _ERROR.match(line)):
+            error_line = line.strip()[:300]
+            continue
         row = _ROW.match(line)
         if row:
+            error_line = None  # training went on after it
             if not started:
                 start(t)
             step = int(row.group(1))
@@ -133,7 +150,11 @@ def parse_legacy_lines(lines, run_dir: str | Path = ".", mtime: float | None = N
         if end:
             flush_eval()
             out.append({"event": "run_end", "t": t, "status": end.group(1), "reason": end.group(2), "step": None})
+            finished = True
     flush_eval()
+    if error_line is not None and started and not finished:
+        out.append({"event": "run_end", "t": last_t if last_t is not None else t_now, "status": "failed",
+                    "reason": error_line, "step": None})
     return out
 
 

@@ -20,6 +20,8 @@ STATE_MARKERS = {
     "crashed": "[X]",
     "interrupted": "[-]",
     "stale lock": "[L]",
+    "unknown": "[?]",
+    "loading": "[~]",
 }
 STATE_STYLES = {
     "not started": "dim",
@@ -31,6 +33,8 @@ STATE_STYLES = {
     "crashed": "bold red",
     "interrupted": "yellow",
     "stale lock": "magenta",
+    "unknown": "yellow",
+    "loading": "dim",
 }
 NAME_W = 16
 

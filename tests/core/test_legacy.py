@@ -86,8 +86,9 @@ def test_a_legacy_folder_is_judged_by_kssm_status(tmp_path, monkeypatch):
     (d / "training.log").write_text(REFERENCE_LOG)
     s = run_status(d)
     assert s.source == "legacy" and s.stage == 5 and s.step == 520 and s.target == 10000
-    assert s.state == "interrupted"  # no end marker, no live trainer, short of its target
-    assert s.recommendation.code == "interrupted"
+    assert s.state == "unknown"  # no end line, no lock: the log just stops (never "crashed")
+    assert s.recommendation.code == "unknown" and "the log stops at step 520" in s.recommendation.text
+    assert s.exit_code == 1
     gold = next(r for r in s.assessment.rows if r.metric == "Goldilocks")
     assert gold.verdict.value == "warning" and "0.2957" in gold.reason  # 0.20 <= R < 0.30
     assert not any(a.code == "grad_exploding" for a in s.alerts)  # the newest grad norm (1.5) is healthy
@@ -115,12 +116,16 @@ def test_our_trainers_text_log_matches_its_events(trained_run, tmp_path):
     assert run_status(only_log, use_cache=False).source == "legacy"
 
 
-def test_a_legacy_history_from_the_cockpit_is_judged_the_same_and_not_changed(tmp_path, monkeypatch):
-    monkeypatch.setenv("KSSM_CACHE_DIR", str(tmp_path / "cache"))
-    d = tmp_path / "final"
-    d.mkdir()
-    (d / "training.log").write_text(REFERENCE_LOG)
-    h = fold(read_legacy(d))
-    s = run_status(d, history=h)
-    assert s.source == "caller" and s.state == "interrupted"
-    assert h.run_end is None  # the caller's history is left as it was
+def test_legacy_end_lines(tmp_path):
+    """The reference trainer's own end: "Training Finished." completes; a traceback at the end fails."""
+    rows = ["     10 |   8.000 |   7.990 |  0.5000 | 0.0500 |   1.000 |    2.000",
+            "     20 |   7.000 |   6.990 |  0.5000 | 0.0500 |   1.000 |    2.000"]
+    done = fold(parse_legacy_lines(rows + ["", "Training Finished.", "\U0001f513 Released lock"], tmp_path))
+    assert done.run_end["status"] == "completed" and done.run_end["reason"] == "Training Finished."
+    crash = ["Traceback (most recent call last):", '  File "train.py", line 3, in <module>',
+             "RuntimeError: CUDA out of memory"]
+    failed = fold(parse_legacy_lines(rows + crash, tmp_path))
+    assert failed.run_end["status"] == "failed" and failed.run_end["reason"] == "RuntimeError: CUDA out of memory"
+    recovered = fold(parse_legacy_lines(rows[:1] + crash + rows[1:], tmp_path))  # it went on training after it
+    assert recovered.run_end is None
+    assert fold(parse_legacy_lines(rows, tmp_path)).run_end is None  # a log that just stops has no end

@@ -11,11 +11,12 @@ import pytest
 
 from kssm_core.cli import main
 from kssm_core.runfolder.lock import RunLock
-from kssm_core.runbook.status import EventsFollower, find_run_dirs, run_status
+from kssm_core.runbook.status import find_run_dirs, run_status
+from kssm_core.runfolder.follower import RunFollower
 from runbook_synth import events, history, ramp, wiggle
 
 N = 30
-TOP_KEYS = {"schema", "run_dir", "source", "state", "stage", "stage_name", "step", "target", "progress", "steps_per_s",
+TOP_KEYS = {"schema", "run_dir", "source", "state", "state_reason", "stage", "stage_name", "step", "target", "progress", "steps_per_s",
             "eta_s", "pid", "process", "lock", "lock_reason", "newest_checkpoint", "best_val_loss", "latest",
             "run_end", "assessment", "matrix", "alerts", "recommendation", "disk", "memory", "read", "exit_code",
             "generated_at"}
@@ -175,8 +176,11 @@ def test_history_from_the_caller_is_used(tmp_path):
     d = tmp_path / "stage2"
     d.mkdir()
     h = history(stage=2, loss=ramp(8, 6, N), evals=[{"step": 300, "val_ppl": 2500.0}], end="completed")
-    s = run_status(d, history=h)
-    assert s.source == "caller" and s.assessment.verdict.value == "failure"
+    from kssm_core.runbook.judge import judge
+    from kssm_core.runbook.probe import probe
+
+    s = judge(h, probe(d, h), run_dir=d, source="events")  # the pure judge takes any history it is handed
+    assert s.source == "events" and s.assessment.verdict.value == "failure"
 
 
 def test_second_call_reads_only_the_new_bytes(tmp_path):
@@ -217,7 +221,7 @@ def test_a_damaged_cache_costs_only_a_full_read(tmp_path):
 
 def test_watch_follower_reads_incrementally(tmp_path):
     d = write_run(tmp_path / "stage2", healthy_stage2()[:-1])
-    f = EventsFollower(d / "events.jsonl")
+    f = RunFollower(d, use_cache=False)
     run_status(d, follower=f, use_cache=False)
     with open(d / "events.jsonl", "a") as fh:
         fh.write(json.dumps({"event": "step", "t": 9e3, "step": 999, "loss": 1.0}) + "\n")
@@ -294,7 +298,8 @@ def test_a_cache_with_wrong_types_is_ignored(tmp_path, field, bad):
 
 def test_an_unknown_end_status_is_not_called_completed(tmp_path):
     s = run_status(write_run(tmp_path / "a", healthy_stage2(end={"status": "exploded", "reason": "?"})))
-    assert s.state == "unknown" and s.recommendation.code == "failed" and "COMPLETED" not in s.recommendation.text
+    assert s.state == "unknown" and s.recommendation.code == "unknown" and "COMPLETED" not in s.recommendation.text
+    assert s.exit_code == 2 and "exploded" in s.state_reason
 
 
 def test_a_failed_cache_write_keeps_the_old_cache_and_leaves_no_temp_file(tmp_path, monkeypatch):

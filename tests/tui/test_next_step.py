@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kssm_tui.assess import current_stage, next_step
+from kssm_tui.labels import current_stage, next_step
 
 CLEAR = "ALL CLEAR: safe to start: kssm train --stage 1 --output-dir results/stage1"
 PASSED = "COMPLETED stage 2 (healthy): ALL CLEAR: safe to start stage 3: kssm train --stage 3"
@@ -41,16 +41,19 @@ def test_current_stage_is_the_running_one_else_the_newest_started():
     assert current_stage({1: "passed", 2: "running", 3: "failed"}) == 2
 
 
-def test_a_run_completed_without_its_final_checkpoint_is_not_passed():
+def test_a_run_completed_without_its_final_checkpoint_is_not_passed(tmp_path):
+    from kssm_core.runbook.judge import judge
+    from kssm_core.runbook.probe import probe
     from kssm_core.runfolder.history import RunHistory
-    from kssm_core.runbook.verdicts import Verdict
-    from kssm_tui.assess import run_state
+    from kssm_tui.labels import plan_label
 
     h = RunHistory()
     h.extend([{"event": "run_start", "t": 1.0, "stage": 1, "max_steps": 100, "start_step": 0},
               {"event": "run_end", "t": 2.0, "status": "completed", "reason": "max_steps reached", "step": 100,
                "final_checkpoint": False}])
-    state, reason = run_state(h, True, "none", Verdict.HEALTHY)
-    assert state == "warning" and "without its final checkpoint" in reason
+    s = judge(h, probe(tmp_path, h), run_dir=tmp_path, source="events")
+    assert plan_label(s) == "warning" and "without its final checkpoint" in s.state_reason
     h.run_end = dict(h.run_end, final_checkpoint=True)
-    assert run_state(h, True, "none", Verdict.HEALTHY)[0] == "passed"
+    s = judge(h, probe(tmp_path, h), run_dir=tmp_path, source="events")
+    assert plan_label(s) != "warning" and s.recommendation.code == "completed"
+

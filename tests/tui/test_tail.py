@@ -11,7 +11,8 @@ from pathlib import Path
 
 from kssm_core.runfolder.lock import process_start_time
 from kssm_tui.messages import RunChanged, StagesChanged
-from kssm_tui.follower import RunFollower, entry_for
+from kssm_core.runfolder.follower import RunFollower
+from kssm_tui.entries import entries_for, entry_for
 from kssm_tui.tail import Monitor, monitor_loop
 from kssm_tui.views import downsample
 from runfolders import stage_path, write_run
@@ -127,7 +128,7 @@ def test_monitor_loop_posts_and_stops_when_cancelled(tmp_path):
 
 
 def test_long_log_is_previewed_from_its_ends_then_read_whole(tmp_path, monkeypatch):
-    import kssm_tui.follower as follower
+    import kssm_core.runfolder.follower as follower
     import kssm_tui.tail as tail
 
     monkeypatch.setenv("KSSM_CACHE_DIR", str(tmp_path / "cache"))
@@ -142,7 +143,7 @@ def test_long_log_is_previewed_from_its_ends_then_read_whole(tmp_path, monkeypat
     stages, view = m.tick()
     assert m.busy and view.state == "loading" and view.last_step == 2000  # the newest steps, at once
     assert view.matrix_rows and view.assessment.summary.startswith("PROVISIONAL")
-    assert stages[1].state == "completed"  # no verdict until the whole history is judged
+    assert stages[1].state == "loading" and stages[1].verdict is None  # no verdict until the whole history is judged
     assert view.charts["loss"].series[0][1][0] < 100  # the head's steps are there too
     partial = 0
     while m.busy:

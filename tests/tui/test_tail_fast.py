@@ -10,7 +10,8 @@ import time
 from kssm_core.runfolder.history import RunHistory
 from kssm_core.runfolder.runlog import EventLogReader
 from kssm_tui.messages import RunChanged
-from kssm_tui.follower import RunFollower, preview_history
+from kssm_core.runfolder.follower import RunFollower, preview_history
+from kssm_tui.entries import entries_for
 from kssm_tui.tail import Monitor, monitor_loop
 from runfolders import stage_path, write_run
 
@@ -57,11 +58,11 @@ def test_the_follower_folds_what_the_plain_reader_folds(tmp_path, monkeypatch):
     assert sum(decoded) > 2000  # most steps went the typed way
     assert state(f.history) == state(plain_fold(d / "events.jsonl", 64 * 1024))
     assert f.history.malformed_values == 1 and f.history.last_step == 2699
-    assert [e for e in f.take_entries() if e[0] == "eval"]  # the other events still reach the log panel
+    assert [e for e in entries_for(f.take_records()) if e[0] == "eval"]  # the other events still reach the log panel
 
 
 def test_the_preview_reads_both_ends(tmp_path, monkeypatch):
-    import kssm_tui.follower as follower
+    import kssm_core.runfolder.follower as follower
 
     monkeypatch.setattr(follower, "PREVIEW_HEAD_BYTES", 4_000)
     monkeypatch.setattr(follower, "PREVIEW_TAIL_BYTES", 8_000)
@@ -74,7 +75,9 @@ def test_the_preview_reads_both_ends(tmp_path, monkeypatch):
 
 def test_the_cache_is_stored_once_the_view_is_painted(tmp_path, monkeypatch):
     monkeypatch.setenv("KSSM_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(RunFollower, "CACHE_AFTER_BYTES", 1)  # every catch-up counts as big
+    import kssm_tui.tail as tail
+
+    monkeypatch.setattr(tail, "CACHE_AFTER_BYTES", 1)  # every catch-up counts as big
     root = tmp_path / "results"
     write_run(stage_path(root, 1), 1, 200)
     m = Monitor(root)

@@ -1,0 +1,67 @@
+"""The run folder's contract in code: the name of every file a run folder holds, and the checkpoint pattern.
+
+Nobody else spells these names (docs/run-folder.md describes what each file holds). Pure: no I/O
+beyond `newest_checkpoint_file`'s one directory scan, no torch.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+EVENTS = "events.jsonl"  # the machine-readable log (schema in docs/run-folder.md)
+TRAINING_LOG = "training.log"  # the human log; also what the reference trainer writes (a legacy run)
+LOCK = "training.lock"  # {"pid", "host", "start_time"} while a trainer runs (a bare PID from the reference)
+CONFIG = "config.json"  # the resolved settings of the run
+BEST_MODEL = "best_model.pt"  # lowest val loss so far
+TRAINER_OUT = "trainer.out"  # stdout + stderr of a trainer the cockpit (or the autopilot) started
+TRAINER_ERR = "trainer.err"  # a traceback the trainer caught
+EVAL_DIR = "eval"  # kssm eval's results, one JSON per suite
+EVAL_OUT = "eval.out"  # output of an evaluation the cockpit started
+EVAL_SUMMARY = "summary.json"  # inside EVAL_DIR: kssm eval all's verdict
+PREVIOUS = "previous"  # earlier runs of this folder, archived whole under previous/<UTC time>/
+
+CHECKPOINT_RE = re.compile(r"^checkpoint_(\d+)\.pt$")
+
+# What makes a folder a run folder at a glance (kssm status, the runs list).
+MARKERS = (EVENTS, TRAINING_LOG, LOCK, CONFIG)
+# The files of one run that a fresh start moves into previous/ (checkpoints besides).
+RUN_FILES = (EVENTS, TRAINING_LOG, CONFIG, BEST_MODEL, EVAL_DIR, EVAL_OUT)
+
+
+def checkpoint_name(step: int) -> str:
+    return f"checkpoint_{int(step)}.pt"
+
+
+def checkpoint_step(name: str) -> int | None:
+    """The step of a `checkpoint_{step}.pt` file name, None for any other name."""
+    m = CHECKPOINT_RE.match(name)
+    return int(m.group(1)) if m else None
+
+
+def newest_checkpoint_file(run_dir: str | Path) -> tuple[int, str, int] | None:
+    """(step, name, bytes) of the newest checkpoint_{step}.pt regular file directly in run_dir (no symlinks)."""
+    best: tuple[int, str, int] | None = None
+    try:
+        with os.scandir(run_dir) as it:
+            for e in it:
+                step = checkpoint_step(e.name)
+                if step is not None and e.is_file(follow_symlinks=False) and (best is None or step > best[0]):
+                    best = (step, e.name, e.stat(follow_symlinks=False).st_size)
+    except OSError:
+        return None
+    return best
+
+
+def is_run_dir(path: str | Path) -> bool:
+    p = Path(path)
+    if not p.is_dir():
+        return False
+    if any((p / n).is_file() for n in MARKERS):
+        return True
+    try:
+        with os.scandir(p) as it:
+            return any(checkpoint_step(e.name) is not None for e in it)
+    except OSError:
+        return False

@@ -1,0 +1,43 @@
+"""The cockpit's event-log lines: one short, plain-text line per event worth reading (not steps or heartbeats)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from kssm_core.runfolder.history import as_step
+
+from .safe_text import clean
+
+
+def _clean(text) -> str:
+    return clean(str(text))
+
+
+def _fmt(v, spec: str = ".4g") -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+
+
+def entry_for(r: dict) -> tuple[str, str] | None:
+    """(kind, line) for an eval, sample, checkpoint, warning, run_start or run_end record; None otherwise."""
+    kind = r.get("event")
+    step = as_step(r.get("step"))
+    if kind == "eval":
+        return "eval", f"step {step}: val loss {_fmt(r.get('val_loss'))}, PPL {_fmt(r.get('val_ppl'), '.1f')}, R {_fmt(r.get('val_R'), '.3f')}"
+    if kind == "sample":
+        return "sample", f"step {step}: {_clean(r.get('text', ''))}"
+    if kind == "checkpoint":
+        return "checkpoint", f"step {step}: saved {_clean(r.get('path', ''))}"
+    if kind == "warning":
+        return "warning", f"{_clean(r.get('code', ''))}: {_clean(r.get('message', ''))}"
+    if kind == "run_start":
+        src = r.get("resumed_from")
+        how = f"resumed from {_clean(Path(str(src)).name)}" if src else "started"
+        return "run_start", f"{how} at step {as_step(r.get('start_step')) or 0} of {as_step(r.get('max_steps'))} on {_clean(r.get('device', '?'))}"
+    if kind == "run_end":
+        return "run_end", f"{_clean(r.get('status', '?'))} at step {step}: {_clean(r.get('reason', ''))}"
+    return None
+
+
+def entries_for(records: list[dict]) -> list[tuple[str, str]]:
+    return [e for e in map(entry_for, records) if e is not None]
