@@ -21,7 +21,7 @@ from textual.css.query import NoMatches
 from textual.screen import ModalScreen
 from textual.worker import get_current_worker
 
-from kssm_core.config import STAGES
+from kssm_core.runbook.stages import STAGES
 
 from kssm_core.runfolder import layout
 

@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from kssm_core.config import STAGES, stage as stage_of
+from kssm_core.runbook.stages import STAGES, stage as stage_of
 from kssm_core.runbook import cmdline
 from kssm_core.runfolder import layout
 from kssm_core.runfolder.lock import lock_state, read_lock

@@ -13,7 +13,7 @@ from typing import Callable
 
 from textual.worker import get_current_worker
 
-from kssm_core.config import stage as stage_of
+from kssm_core.runbook.stages import stage as stage_of
 from kssm_core.runbook.status import run_status
 from kssm_core.runfolder import layout
 from kssm_core.runfolder.lock import LockHeld, lock_state, read_lock, unlock
@@ -96,6 +96,10 @@ class RunActions:
     def action_resume(self) -> None:
         run_dir = self.shown_dir()
         v = self.view if self.view is not None and self.view.run_dir == run_dir else None
+        if v is not None and v.status is not None and v.status.source == "legacy":  # never continued in place
+            self.say(f"not resuming in {run_dir.name}: a reference-trainer run is never written to; "
+                     f"{v.status.recommendation.text}", severity="warning", timeout=12)
+            return
         if v is not None and v.end_status == "completed":
             self.say(f"{run_dir.name} finished ({v.state}): nothing to resume; press n for the next stage",
                      severity="warning")
@@ -105,10 +109,6 @@ class RunActions:
             return
         if v is not None and v.end_reason == "nan_loss":  # the same settings would diverge again
             self.say(f"not resuming: the loss went NaN; {v.recommendation}", severity="warning", timeout=10)
-            return
-        if v is not None and v.status is not None and v.status.source == "legacy":  # never continued in place
-            self.say(f"not resuming in {run_dir.name}: a reference-trainer run is never written to; "
-                     f"{v.status.recommendation.text}", severity="warning", timeout=12)
             return
         if v is not None and v.status is not None and v.status.state == "running":
             self.say(f"not resuming: {v.status.state_reason}", severity="warning")

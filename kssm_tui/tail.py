@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from kssm_core.config import STAGES
+from kssm_core.runbook.stages import STAGES
 from kssm_core.runbook.probe import FactsCache, evals_key
 from kssm_core.runbook.runstatus import RunStatus
 from kssm_core.runbook.status import status_of

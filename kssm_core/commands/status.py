@@ -93,7 +93,7 @@ def _nothing_message(paths) -> str:
     """No run folder found: the stage to start is named by the folder (stage1..stage4, final), else stage 1."""
     from pathlib import Path
 
-    from kssm_core.config import STAGES
+    from kssm_core.runbook.stages import STAGES
     from kssm_core.runbook import cmdline
 
     where = ", ".join(str(p) for p in paths)

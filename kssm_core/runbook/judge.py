@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kssm_core.config import stage as stage_info
+from kssm_core.runbook.stages import stage as stage_info
 from kssm_core.runbook import alerts as alerts_mod
 from kssm_core.runbook.advice import recommend
 from kssm_core.runbook.criteria import DEFAULT, Criteria

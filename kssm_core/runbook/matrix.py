@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 
 from kssm_core.runbook import playbook
-from kssm_core.config import STAGES, stage as stage_info
+from kssm_core.runbook.stages import STAGES, stage as stage_info
 from kssm_core.runbook.criteria import DEFAULT, Criteria
 from kssm_core.runfolder.history import RunHistory, as_step
 from kssm_core.runbook.sample_quality import classify_sample

@@ -18,7 +18,7 @@ import re
 import time
 from pathlib import Path
 
-from kssm_core.config import STAGES
+from kssm_core.runbook.stages import STAGES
 
 LOG_NAME = "training.log"
 MAX_LEGACY_BYTES = 256 * 1024 * 1024  # a text log bigger than this is read from its last 256 MB

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widget import Widget
 
-from kssm_core.config import STAGES
+from kssm_core.runbook.stages import STAGES
 
 from ..safe_text import one_line
 
