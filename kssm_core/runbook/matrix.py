@@ -11,7 +11,6 @@ Each Warning / Failure row carries a pasteable remedy from kssm_core.runbook.pla
 
 from __future__ import annotations
 
-import json
 import math
 from bisect import bisect_right
 from pathlib import Path
@@ -370,29 +369,3 @@ def infer_stage(history: RunHistory, run_dir: str | Path | None = None) -> int:
                 return st.number
         return 5
     return 1
-
-
-MAX_EVAL_FILE_BYTES = 1_000_000
-
-
-def load_eval_results(run_dir: str | Path) -> tuple[dict, list[str]]:
-    """RUN_DIR/eval/*.json as {suite name: object}; unreadable files are skipped and named in the second value."""
-    out: dict = {}
-    problems: list[str] = []
-    folder = Path(run_dir) / "eval"
-    if not folder.is_dir():
-        return out, problems
-    for path in sorted(folder.glob("*.json")):
-        try:
-            if path.stat().st_size > MAX_EVAL_FILE_BYTES:
-                problems.append(f"{path.name}: over 1 MB, skipped")
-                continue
-            obj = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-            problems.append(f"{path.name}: unreadable ({type(exc).__name__})")
-            continue
-        if isinstance(obj, dict):
-            out[path.stem] = obj
-        else:
-            problems.append(f"{path.name}: not a JSON object")
-    return out, problems

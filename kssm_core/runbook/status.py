@@ -8,7 +8,6 @@ they cannot disagree. The JSON form and the exit codes are documented in docs/st
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -64,4 +63,4 @@ def cache_dir() -> Path:  # kept for callers that show where the cache lives
 
 
 __all__ = ["RunStatus", "Recommendation", "run_status", "status_of", "find_run_dirs", "is_run_dir",
-           "exit_code_for", "format_duration", "os"]
+           "exit_code_for", "format_duration"]

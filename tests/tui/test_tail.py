@@ -12,7 +12,7 @@ from pathlib import Path
 from kssm_core.runfolder.lock import process_start_time
 from kssm_tui.messages import RunChanged, StagesChanged
 from kssm_core.runfolder.follower import RunFollower
-from kssm_tui.entries import entries_for, entry_for
+from kssm_tui.entries import entry_for
 from kssm_tui.tail import Monitor, monitor_loop
 from kssm_tui.views import downsample
 from runfolders import stage_path, write_run
