@@ -56,7 +56,8 @@ class Monitor:
         self.selected: int | None = None  # set by the App (an int assignment: safe across threads)
         self._shown: tuple | None = None  # (folder, version, judged at, selected) of the last view posted
         self._stages_key: tuple | None = None
-        self._judged: dict[Path, tuple[tuple, RunStatus, float]] = {}  # folder -> (key, status, when)
+        self._judged: dict[Path, tuple[tuple, RunStatus, float, int]] = {}  # folder -> (key, status, when, serial)
+        self._serial = 0  # counts judgements: a view is rebuilt when its run was judged again
         self.facts = FactsCache()
         self.force = threading.Event()  # set by the App to rebuild the view now (e.g. after a spawn)
         self.busy = False  # the shown run's log is still being caught up
@@ -88,14 +89,19 @@ class Monitor:
         key = (f.version, lock, info.pid if info else None, pid_alive, evals_key(f.run_dir))
         now = time.monotonic()
         if cached is not None and not force:
-            ckey, st, at = cached
+            ckey, st, at, _ = cached
             if ckey == key and (st.state != "running" or now - at < QUIET_REJUDGE_S):
                 return st
             if st.state == "running" and ckey[0] != key[0] and ckey[1:] == key[1:] and now - at < HEAVY_EVERY_S:
                 return st  # live, only new steps: the matrix and advice stay for a few seconds
         st = status_of(f, facts_cache=self.facts)
-        self._judged[f.run_dir] = (key, st, now)
+        self._serial += 1
+        self._judged[f.run_dir] = (key, st, now, self._serial)
         return st
+
+    def judged_serial(self, folder: Path) -> int:
+        cached = self._judged.get(folder)
+        return cached[3] if cached is not None else 0
 
     def shown_folder(self) -> tuple[Path, int | None]:
         if self.attach is not None and self.selected is None:
@@ -139,7 +145,7 @@ class Monitor:
         st = self.status(shown)
         if stage is None and self.attach == folder:
             stage = st.stage if st.source != "none" else None
-        key = (folder, shown.version, id(st), self.selected)
+        key = (folder, shown.version, self.judged_serial(folder), self.selected)
         if key == self._shown and not self.force.is_set() and not after_preview:
             return stages_out, None
         self.force.clear()
