@@ -548,7 +548,7 @@ def judge_rows(history: RunHistory, stage: int, c: Criteria, eval_results: dict 
             rows.append(row_agency(eval_results, stage, c))
         else:
             rows.append(_ROWS[metric](view, stage, c, w))
-    if w.mode == "milestones" or stage == own_stage(history) or own_stage(history) is None:
+    if w.mode == "milestones" or stage == own_stage(history):
         floor = row_u_floor(view, stage, c, w)
         if floor is not None:
             rows.append(floor)

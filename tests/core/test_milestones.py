@@ -156,7 +156,7 @@ def test_a_legacy_log_with_a_negative_u_from_step_1500_is_judged_a_failure_in_an
     assert infer_stage(h) == 5  # the steps reached (10,000), never the folder's name
     a = assess_stage(h, 5)
     floor = row(a.rows, 5, U_FLOOR)
-    assert floor.verdict is F and not floor.provisional
+    assert floor.verdict is F and not floor.provisional and "clamp is not in effect" in floor.remedy_note
     assert floor.reason.startswith("the bistability constraint is broken (u = -1.23 at step 1500)")
     assert a.verdict is F and not a.provisional
     rows = full_matrix(h, 5)
