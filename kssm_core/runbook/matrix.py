@@ -100,24 +100,37 @@ def reached_step(history: RunHistory) -> int:
     return r
 
 
+def _last_readings_in(history: RunHistory, stage: int, target: int) -> bool:
+    """At its target step the stage's last readings are in: the run ended, or it logged the target's eval (and,
+    for a stage that judges samples, the sample written after it). The trainer writes step, eval, sample in that
+    order: judging at the step alone would call a verdict final on the previous eval, then change it."""
+    if history.run_end is not None:
+        return True
+    ev = history.evals.steps
+    if not len(ev) or ev[-1] < target:
+        return False
+    if "Samples" in STAGE_METRICS[stage]:
+        return any((as_step(r.get("step")) or 0) >= target for r in history.samples)
+    return True
+
+
 def stage_window(history: RunHistory, stage: int) -> StageWindow:
     """Where `stage` is judged in this run (see the module docstring)."""
     reached = reached_step(history)
-    ended = history.run_end is not None
     own = own_stage(history)
     if own is not None:
         target = history.max_steps or STAGE_STEPS[own]
         if stage > own:
             return StageWindow(stage, "staged", None, STAGE_STEPS[stage], reached, False, True,
                                f"stage {stage} not reached (this is a stage {own} run)")
-        # final once the run ended at its target: until run_end the stage's last eval may still come
-        return StageWindow(stage, "staged", None, target, reached, True, not (ended and reached >= target))
+        final = reached >= target and _last_readings_in(history, stage, target)
+        return StageWindow(stage, "staged", None, target, reached, True, not final)
     milestone, before = STAGE_STEPS[stage], STAGE_STEPS.get(stage - 1, 0)
     if stage > 1 and reached <= before:
         return StageWindow(stage, "milestones", None, milestone, reached, False, True,
                            f"stage {stage} not reached: the run is at step {reached}; Stage {stage} is judged on "
                            f"its steps up to {milestone}")
-    if reached > milestone or (reached == milestone and ended):
+    if reached > milestone or (reached == milestone and _last_readings_in(history, stage, milestone)):
         # the run went past the milestone: judged on what was logged up to it (Stage 5: up to the newest step)
         return StageWindow(stage, "milestones", None if stage == 5 else milestone, milestone, reached, True, False)
     return StageWindow(stage, "milestones", None, milestone, reached, True, True)
@@ -304,7 +317,7 @@ def row_loss(history, stage: int, c: Criteria, w: StageWindow | None = None) -> 
     if change < -c.loss_flat_tolerance:
         return MatrixRow(stage, "Loss", H, f"descending: {nums}")
     if change > c.loss_flat_tolerance:
-        row = MatrixRow(stage, "Loss", F, f"increasing: {nums}; {len(vals)} readings")
+        row = MatrixRow(stage, "Loss", F, f"increasing: {nums}")
         middle = _mean(vals[third:len(vals) - third]) if len(vals) > 2 * third else (first + last) / 2
         steady = first < middle < last  # rising through the stage, not one bump
         if steady and len(vals) >= c.loss_rise_min_readings and w.share + 1e-9 >= c.loss_rise_min_share:

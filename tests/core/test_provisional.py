@@ -85,16 +85,19 @@ def test_flat_R_for_the_first_fifth_raises_nothing_early_and_the_stage_is_judged
 
 def test_R_flat_for_the_whole_stage_is_locked_only_once_a_third_of_the_stage_has_run():
     evs = stage3_events([0.035] * N3)
-    verdicts = {}
+    verdicts, at_end = {}, []
     for h in replay(evs):
         if h.run_end is None and h.last_step in (280, 500, 1500):
-            verdicts[h.last_step] = row(full_matrix(h, 3), 3, "R zones")
+            verdicts.setdefault(h.last_step, row(full_matrix(h, 3), 3, "R zones"))  # as the step event arrives
+        if h.run_end is None and h.last_step == 1500:
+            at_end.append(row(full_matrix(h, 3), 3, "R zones").provisional)
         assert critical(h) == []  # never critical mid-stage: "locked" is an end-of-stage criterion
     assert verdicts[280].verdict is W and verdicts[280].provisional
     # from a third of the stage on it is called locked, but still provisional: no banner, action WAIT
     assert verdicts[500].verdict is F and verdicts[500].provisional and "locked" in verdicts[500].reason
     assert "25 readings, 33% of the stage's 1500 steps" in verdicts[500].reason
-    assert verdicts[1500].provisional  # the step was logged but the run has not ended: its last eval may come
+    # step 1500 logged: still provisional until its eval and sample are in (written after the step), then final
+    assert at_end == [True, True, False]
     final = row(full_matrix(h, 3), 3, "R zones")
     assert final.verdict is F and not final.provisional and "over 75 readings, 100% of the stage" in final.reason
     a = assess_stage(h, 3)
@@ -224,3 +227,14 @@ def test_replay_of_the_reference_trainers_own_logs(name, tmp_path):
     assert row(final, 1, "Loss").verdict is H and not row(final, 1, "Loss").provisional
     assert all(r.provisional for r in final if r.stage >= 2)
     assert all(r.verdict is P and "not reached" in r.reason for r in final if r.stage >= 3)
+
+
+def test_a_stage_is_final_once_its_target_steps_last_readings_are_in_even_before_run_end():
+    h = history(stage=2, steps=list(range(10, 501, 10)), u=wiggle(1.0, 0.3, 50), R=wiggle(0.05, 0.01, 50),
+                evals=[{"step": 400, "val_ppl": 800.0}])
+    assert row(assess_stage(h, 2).rows, 2, "Val PPL").provisional  # step 500 logged, its eval not yet
+    h.apply({"event": "eval", "t": 2e3, "step": 500, "val_ppl": 2500.0})
+    a = assess_stage(h, 2)
+    ppl = row(a.rows, 2, "Val PPL")
+    assert ppl.verdict is F and not ppl.provisional and "2500.0 at step 500" in ppl.reason
+    assert a.verdict is F and not a.provisional and a.action is Action.STOP
