@@ -54,8 +54,8 @@ def main() -> None:
     for label, stage in (("staged run (stage 5)", 5), ("one long unnamed run", None)):
         h = build(a.steps, stage)
         st = infer_stage(h)
-        med, best = timed(lambda: full_matrix(h, st))
-        amed, abest = timed(lambda: compute_alerts(h, now=1e12))
+        med, best = timed(lambda h=h, st=st: full_matrix(h, st))
+        amed, abest = timed(lambda h=h: compute_alerts(h, now=1e12))
         print(f"{label}: {a.steps:,} steps, stage {st}: full_matrix median {med * 1e3:.1f} ms (best {best * 1e3:.1f}); "
               f"compute_alerts median {amed * 1e3:.1f} ms (best {abest * 1e3:.1f})")
 

@@ -14,13 +14,13 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from kssm_core.runbook import playbook
 from kssm_core.config import STAGE_TARGETS, TrainConfig
+from kssm_core.runbook import playbook
 from kssm_core.runbook.criteria import DEFAULT, Criteria
 from kssm_core.runbook.matrix import clamp_claim, floor_breach
+from kssm_core.runbook.verdicts import Alert, Severity
 from kssm_core.runfolder.history import RunHistory, as_number, as_step
 from kssm_core.runfolder.system import SystemFacts
-from kssm_core.runbook.verdicts import Alert, Severity
 
 _DEFAULTS = TrainConfig()
 LEGACY_SAVE_INTERVAL = 1000  # the reference trainer's

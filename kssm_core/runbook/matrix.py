@@ -29,12 +29,13 @@ from typing import Any, Callable
 
 import numpy as np
 
+from kssm_core.config import STAGES
+from kssm_core.config import stage as stage_info
 from kssm_core.runbook import playbook
-from kssm_core.config import STAGES, stage as stage_info
 from kssm_core.runbook.criteria import DEFAULT, Criteria
-from kssm_core.runfolder.history import RunHistory, Series, as_number, as_step
 from kssm_core.runbook.sample_quality import classify_sample
 from kssm_core.runbook.verdicts import Action, MatrixRow, StageAssessment, Verdict
+from kssm_core.runfolder.history import RunHistory, Series, as_number, as_step
 
 H, W, F, P = Verdict.HEALTHY, Verdict.WARNING, Verdict.FAILURE, Verdict.PENDING
 
@@ -144,7 +145,7 @@ def _np(buf, dtype) -> np.ndarray:
 class SeriesAt:
     """A history's Series seen up to a step: numpy views cut where searchsorted finds the step, never a copy."""
 
-    __slots__ = ("fields", "steps", "cols")
+    __slots__ = ("cols", "fields", "steps")
 
     def __init__(self, series: Series, at: int | None):
         steps = _np(series.steps, np.int64)

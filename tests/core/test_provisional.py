@@ -107,8 +107,7 @@ def test_R_flat_for_the_whole_stage_is_locked_only_once_a_third_of_the_stage_has
 def test_an_early_nan_still_alerts_at_once():
     evs = stage3_events(FLAT_THEN_MOVING, nan_at=200, end=None)
     evs = [e for e in evs if e["event"] in ("schema", "run_start") or e.get("step", 0) <= 200]
-    h = history()
-    h = next(x for x in replay(evs, chunk=len(evs)))
+    h = next(replay(evs, chunk=len(evs)))
     rows = full_matrix(h, 3)
     loss = row(rows, 1, "Loss")
     assert loss.verdict is F and not loss.provisional and "NaN/inf at step 200" in loss.reason
