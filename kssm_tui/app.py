@@ -204,12 +204,12 @@ class KssmApp(RunActions, App):
     def _update_alert(self, view: RunView) -> None:
         from kssm_core.runbook.verdicts import Verdict
 
-        fails = {(r.stage, r.metric) for r in view.matrix_rows if r.verdict == Verdict.FAILURE}
+        fails = {(r.stage, r.metric) for r in view.matrix_rows if r.verdict == Verdict.FAILURE and not r.provisional}
         seen = self._failures_seen.get(view.run_dir)
         if seen is not None and fails - seen:
             self.bell()  # once per new Failure, not for ones already there when the run was opened
         self._failures_seen[view.run_dir] = (seen or set()) | fails
-        failed_rows = [r for r in view.matrix_rows if r.verdict == Verdict.FAILURE]
+        failed_rows = [r for r in view.matrix_rows if r.verdict == Verdict.FAILURE and not r.provisional]  # issue 16
         if view.state == "crashed":
             hint = "" if self.readonly else ": press r to resume"
             self.dash.alert(f"Stage {view.stage or '?'} crashed: {view.state_reason}{hint}", "critical")

@@ -1,7 +1,9 @@
 """Alerts beyond the decision matrix, as pure functions of a run's history and facts passed in.
 
-Grad norm exploding / vanishing, reg loss out of its band, a stalled or crashed trainer, too little disk
-for the checkpoints still to come, memory pressure. Facts about the machine (kssm_core.runfolder.system) and the
+Grad norm exploding / vanishing, reg loss out of its band, a NaN loss, u below the clamp floor, a stalled or
+crashed trainer, too little disk for the checkpoints still to come, memory pressure. These are the runbook's
+immediate kinds: they may be critical mid-stage, each on the evidence stated in kssm_core.runbook.criteria.
+No alert comes from an end-of-stage matrix row (those wait for the stage's milestone: MatrixRow.provisional). Facts about the machine (kssm_core.runfolder.system) and the
 lock state (kssm_core.runfolder.lock.lock_state) are arguments, so tests can feed any situation.
 """
 
@@ -12,12 +14,13 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from kssm_core.runbook import playbook
 from kssm_core.config import STAGE_TARGETS, TrainConfig
+from kssm_core.runbook import playbook
 from kssm_core.runbook.criteria import DEFAULT, Criteria
+from kssm_core.runbook.matrix import clamp_claim, floor_breach
+from kssm_core.runbook.verdicts import Alert, Severity
 from kssm_core.runfolder.history import RunHistory, as_number, as_step
 from kssm_core.runfolder.system import SystemFacts
-from kssm_core.runbook.verdicts import Alert, Severity
 
 _DEFAULTS = TrainConfig()
 LEGACY_SAVE_INTERVAL = 1000  # the reference trainer's
@@ -74,23 +77,78 @@ def _reg_negative(history: RunHistory, at: int) -> Alert:
     return Alert("reg_negative", Severity.CRITICAL, f"reg loss {reg:.4f} at step {step} < 0: numerical error")
 
 
-def metric_alerts(history: RunHistory, c: Criteria = DEFAULT, run_dir: str | Path | None = None) -> list[Alert]:
-    out: list[Alert] = []
+def _newest_finite(history: RunHistory, name: str, n: int) -> list[tuple[int, float]]:
+    """(step, value) of the newest n finite readings of a step column, newest first."""
+    steps, col = history.steps.steps, history.steps.cols[name]
+    out: list[tuple[int, float]] = []
+    for i in range(len(col) - 1, -1, -1):
+        if math.isfinite(col[i]):
+            out.append((steps[i], col[i]))
+            if len(out) == n:
+                break
+    return out
+
+
+def _grad_alerts(history: RunHistory, c: Criteria, run_dir: str | Path | None) -> list[Alert]:
+    """Grad norm pathological: immediate (at any point of the stage) once the newest grad_min_readings readings are
+    all beyond the band; exploding on the newest reading alone is a warning (one averaged spike is not a trend)."""
+    newest = _newest_finite(history, "grad_norm", max(1, c.grad_min_readings))
+    if not newest:
+        return []
+    step, v = newest[0]
+    enough = len(newest) >= c.grad_min_readings
+    if v > c.grad_exploding:
+        repeated = enough and all(g > c.grad_exploding for _, g in newest)
+        evidence = (f"the newest {len(newest)} readings all above" if repeated
+                    else f"one reading so far: critical after {c.grad_min_readings} in a row")
+        return [Alert("grad_exploding", Severity.CRITICAL if repeated else Severity.WARNING,
+                      f"grad norm {v:.4g} at step {step} > {c.grad_exploding:g} (healthy 1-10): exploding ({evidence})",
+                      playbook.train_command(history, run_dir, learning_rate=playbook.lower_learning_rate(
+                          history.config.get("learning_rate"))))]
+    if v < c.grad_vanishing and enough and all(g < c.grad_vanishing for _, g in newest):
+        return [Alert("grad_vanishing", Severity.WARNING,
+                      f"grad norm {v:.3g} at step {step} < {c.grad_vanishing:g} (healthy 1-10): vanishing "
+                      f"(the newest {len(newest)} readings)")]
+    return []
+
+
+def loss_nan_alert(history: RunHistory, run_dir: str | Path | None = None) -> Alert | None:
+    """Immediate, one reading: the newest step's loss is NaN/inf (written as null), or the trainer stopped on it.
+    Whatever the stage and its progress: a long run's Stage 1 Loss row only sees its first 100 steps."""
     steps = history.steps
-    g = steps.last_finite("grad_norm")
-    if g is not None:
-        step, v = steps.steps[g], steps.cols["grad_norm"][g]
-        if v > c.grad_exploding:
-            out.append(Alert("grad_exploding", Severity.CRITICAL,
-                             f"grad norm {v:.4g} at step {step} > {c.grad_exploding:g} (healthy 1-10): exploding",
-                             playbook.train_command(history, run_dir, learning_rate=playbook.lower_learning_rate(
-                                 history.config.get("learning_rate")))))
-        elif v < c.grad_vanishing:
-            out.append(Alert("grad_vanishing", Severity.WARNING,
-                             f"grad norm {v:.3g} at step {step} < {c.grad_vanishing:g} (healthy 1-10): vanishing"))
-    r = steps.last_finite("reg")
+    end = history.run_end or {}
+    newest_bad = len(steps) and not math.isfinite(steps.cols["loss"][-1]) and not math.isfinite(steps.cols["ce"][-1])
+    if not (newest_bad or end.get("reason") == "nan_loss"):
+        return None
+    step = as_step(end.get("step")) or history.last_step
+    return Alert("loss_nan", Severity.CRITICAL, f"loss is NaN/inf at step {step}",
+                 playbook.train_command(history, run_dir, learning_rate=playbook.lower_learning_rate(
+                     history.config.get("learning_rate"))), {"step": step})
+
+
+def u_floor_alert(history: RunHistory, c: Criteria = DEFAULT) -> Alert | None:
+    """Immediate, one reading: u_val below the clamp floor (the bistability constraint broken), at any stage.
+    The monostable ablation has no clamp and raises nothing here (see matrix.clamp_claim)."""
+    found = floor_breach(history, c)
+    if found is None:
+        return None
+    step, u, n = found
+    kind, u_min = clamp_claim(history)
+    floor = f"the clamp floor {u_min:g}" if kind == "bistable" else "0"
+    newest = history.steps.last("u_val")
+    return Alert("u_floor_broken", Severity.CRITICAL,
+                 f"the bistability constraint is broken (u = {u:.3g} at step {step}): {n} reading(s) below {floor}, "
+                 f"newest u_val {newest:.3g}", None, {"first_step": step, "first_u": u, "readings_below": n})
+
+
+def metric_alerts(history: RunHistory, c: Criteria = DEFAULT, run_dir: str | Path | None = None) -> list[Alert]:
+    out: list[Alert] = _grad_alerts(history, c, run_dir)
+    for a in (loss_nan_alert(history, run_dir), u_floor_alert(history, c)):
+        if a is not None:
+            out.append(a)
+    r = history.steps.last_finite("reg")
     if r is not None:
-        step, v = steps.steps[r], steps.cols["reg"][r]
+        step, v = history.steps.steps[r], history.steps.cols["reg"][r]
         if v < 0:
             out.append(_reg_negative(history, r))
         elif v > c.reg_high:

@@ -23,6 +23,36 @@ class CriteriaError(ValueError):
 class Criteria:
     """Thresholds; each band is `healthy < a <= warning <= b < failure` unless its docstring says otherwise."""
 
+    # ---- provisional verdicts (issue 16) -----------------------------------------------------------------
+    # The runbook's gates judge a stage at its milestone (its target step). Before that every row is its
+    # verdict *so far*, marked provisional, and a provisional Warning / Failure never raises a critical alert.
+    # Only the immediate kinds below are final mid-stage, each once it rests on the evidence stated here.
+    lock_min_share: float = 1 / 3
+    """"Locked" (R not moving, R locked at 0, u_val not moving) is called only after this share of the stage
+    has run: a flat start is how R looks before it starts to explore (issue 16: locked at step 280 of 1500,
+    1 zone at step 1500). Before that the row is a Warning that says how little it rests on."""
+    lock_min_readings: int = 10
+    """... and only with at least this many readings in the stage's window."""
+    loss_rise_min_readings: int = 10
+    """Immediate: loss increasing steadily is final mid-stage with at least this many loss readings ..."""
+    loss_rise_min_share: float = 0.2
+    """... over at least this share of the stage, and each third's mean above the one before (steadily)."""
+    clamp_min_readings: int = 5
+    """Immediate: u_val hitting a clamp (the Stage 2 row's Failure) is final mid-stage once at least this many
+    recent readings are at a clamp ..."""
+    clamp_min_share: float = 0.1
+    """... and at least this share of the stage has run (the first few readings follow the initialisation)."""
+    u_floor_tolerance: float = 0.001
+    """Immediate, one reading: u_val below u_min - this while the run claims the bistable clamp (or below 0 for a
+    run that does not say) is the bistability constraint broken. The clamp cannot produce such a reading, so one
+    is proof of a bug, not noise; the tolerance absorbs float32 rounding of a mean of values at the floor.
+    NaN / inf loss or val PPL are immediate on one reading too (a NaN never recovers)."""
+    grad_min_readings: int = 2
+    """Immediate: grad norm pathological (grad_exploding: critical) needs the newest this-many finite readings all
+    beyond the threshold, at any point of the stage; with only the newest one beyond it, exploding is a warning.
+    Crashed (no run_end and no live process: one observation), stalled (stall_factor / heartbeat_factor below)
+    and disk (less free space than the remaining checkpoints need) are immediate on their own rules."""
+
     # ---- shared ------------------------------------------------------------------------------------
     recent_fraction: float = 1 / 3
     """Share of the newest step readings that counts as "recent" (u_val, R level)."""
@@ -59,13 +89,14 @@ class Criteria:
     u_edge_share: float = 0.8
     """Share of recent readings that must lie in the edge band to call it edge-surfing."""
     u_locked_range: float = 0.002
-    """Stage 4: recent u_val moving less than this (max - min) is locked."""
+    """Stage 4: recent u_val moving less than this (max - min) is locked (given the lock_min_* evidence)."""
 
     # ---- R --------------------------------------------------------------------------------------------
     stage2_r_healthy: float = 0.01
     """Stage 2: recent mean R above this is Healthy."""
     stage2_r_locked: float = 0.001
-    """Stage 2: recent mean R below this is locked at 0 (Failure); between the two is a Warning."""
+    """Stage 2: recent mean R below this is locked at 0 (Failure, given the lock_min_* evidence); between the two is a
+    Warning."""
     r_zone_edges: tuple[float, ...] = (0.10, 0.30, 0.50, 0.70, 0.85, 0.95)
     """Lower edges of the zones after Unformed: Intimacy, Balance, Mystery, Wonder, Passion, Ache."""
     zone_min_readings: int = 2
@@ -74,7 +105,7 @@ class Criteria:
     stage4_zones_healthy: int = 3
     stage4_zones_warning: int = 2
     r_locked_range: float = 0.005
-    """Stage 3: R readings spanning less than this (max - min) are locked (Failure)."""
+    """Stage 3: R readings spanning less than this (max - min) are locked (Failure, given the lock_min_* evidence)."""
     goldilocks_healthy: float = 0.30
     goldilocks_warning: float = 0.20
     """Stage 5: R >= healthy is Goldilocks; warning <= R < healthy is a Warning; below is a Failure."""
@@ -107,7 +138,9 @@ class Criteria:
 
     # ---- alerts ------------------------------------------------------------------------------------------
     grad_exploding: float = 1000.0
+    """Grad norm above this is exploding (seed: 1-10 healthy, 1000 pathological); evidence: grad_min_readings."""
     grad_vanishing: float = 0.001
+    """Grad norm below this is vanishing (warning), on the same evidence as exploding."""
     reg_high: float = 1.0
     """Reg loss above this: constraints dominate. Below 0: numerical error."""
     stall_factor: float = 10.0

@@ -136,6 +136,9 @@ def remedy_for(row: MatrixRow, history: RunHistory, run_dir: str | Path | None =
         return data_check_command(history), "no improvement by step 2000: check the tokenizer and the corpus quality"
     if m == "Agency":
         return None, "agency weak: train longer or revise the architecture; rerun the evaluation suite after"
+    if m == "u floor":  # matrix.U_FLOOR: no flag or restart fixes a clamp that is not applied
+        return None, ("u below the clamp floor: the bistable clamp is not in effect (a model bug, or the monostable "
+                      "ablation run without --monostable): fix the model before training on")
     return None, None
 
 

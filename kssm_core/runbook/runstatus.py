@@ -124,11 +124,11 @@ def exit_code_for(s: RunStatus) -> int:
     # an end status this version does not know is a failure; a reference log that merely stops is a warning
     unknown_end = s.state == "unknown" and s.source != "legacy"
     if s.recommendation.code in ("crashed", "failed", "stalled", "unreadable") or unknown_end \
-            or s.assessment.verdict is Verdict.FAILURE \
+            or (s.assessment.verdict is Verdict.FAILURE and not s.assessment.provisional) \
             or any(a.severity is Severity.CRITICAL for a in s.alerts):
         return EXIT_FAILURE
     if s.recommendation.code in ("stale_lock", "interrupted", "foreign_lock", "no_final_checkpoint", "unknown") \
-            or s.assessment.verdict is Verdict.WARNING \
+            or s.assessment.verdict in (Verdict.WARNING, Verdict.FAILURE) \
             or any(a.severity is Severity.WARNING for a in s.alerts) or s.read.get("note"):
         code = EXIT_WARNING
     return code

@@ -35,10 +35,15 @@ class MatrixRow:
     reason: str  # one line quoting the numbers, e.g. "val PPL 812.4 < 1000"
     remedy: str | None = None  # a command the user can paste, for Warning / Failure
     remedy_note: str | None = None  # one line of why, from the runbook's failure modes
+    # True: judged before the stage reached its milestone (a verdict *so far*: never a critical alert or a bell).
+    # False: judged at the milestone, or an immediate finding (NaN, u at a clamp, ...) that is final at once.
+    # None: not judged by the engine (a row built elsewhere); to_dict writes it as false.
+    provisional: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["verdict"] = self.verdict.value
+        d["provisional"] = bool(self.provisional)
         return d
 
 
@@ -49,6 +54,9 @@ class StageAssessment:
     verdict: Verdict  # the worst row verdict (Pending only when every row is pending)
     action: Action
     summary: str  # one line, e.g. "Stage 2: WARNING (u_val near clamps) - investigate and retry"
+    # True while the verdict is the stage's verdict so far (the stage has not reached its milestone), unless a
+    # final (immediate) Failure row already settles it: act only on provisional == False (action is WAIT then).
+    provisional: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -56,6 +64,7 @@ class StageAssessment:
             "verdict": self.verdict.value,
             "action": self.action.value,
             "summary": self.summary,
+            "provisional": self.provisional,
             "rows": [r.to_dict() for r in self.rows],
         }
 
@@ -70,7 +79,8 @@ class Severity(str, enum.Enum):
 class Alert:
     """A problem beyond the matrix: grad norm, reg loss, stalled, crashed, disk, memory."""
 
-    code: str  # "grad_exploding", "grad_vanishing", "reg_high", "reg_negative", "stalled", "crashed", "disk_low", "memory_pressure"
+    code: str  # "grad_exploding", "grad_vanishing", "reg_high", "reg_negative", "loss_nan", "u_floor_broken", "stalled",
+    # "crashed", "disk_low", "memory_pressure"
     severity: Severity
     message: str  # one line with the numbers
     remedy: str | None = None  # a command to paste, where one exists

@@ -58,3 +58,46 @@ PROSE = ("The lady was not handsome enough to tempt him, but she had a lively an
          "which delighted in anything ridiculous")
 FRAGMENTS = "the of vrek and qzt the pomb was lurf it is gnarb in trelk a"
 GIBBERISH = "xqzv plorkt vbnm zzrt qwpl kkd snrv tlpq mmxz drfq"
+
+
+# ---- event order and replay (issue 16) ------------------------------------------------------------------
+_ORDER = {"step": 0, "eval": 1, "sample": 2}
+
+
+def chronological(evs: list[dict]) -> list[dict]:
+    """events() appends evals and samples after every step; the trainer writes each right after its step."""
+    head = [e for e in evs if e["event"] in ("schema", "run_start")]
+    tail = [e for e in evs if e["event"] == "run_end"]
+    body = [e for e in evs if e["event"] in _ORDER]
+    body.sort(key=lambda e: (e["step"], _ORDER[e["event"]]))
+    for e in body:  # times follow the steps, as they would
+        e["t"] = 1000.0 + e["step"] / 10
+    return head + body + tail
+
+
+def replay(evs: list[dict], chunk: int = 1):
+    """Feed the events to one RunHistory `chunk` at a time; yield it after each chunk (the cockpit's tail)."""
+    h = RunHistory()
+    for i in range(0, len(evs), chunk):
+        h.extend(evs[i:i + chunk])
+        yield h
+
+
+# ---- the reference trainer's text log (legacy) ---------------------------------------------------------------
+def legacy_lines(rows, evals=None, *, finished: bool = True, banner: str = "K-SSM v3 BISTABLE TRAINING") -> list[str]:
+    """Lines of a training.log as the reference trainer writes it (KSSM_SPEC.md section 2; the real ones are in
+    tests/fixtures/reference-runs): rows are (step, total, ce, reg, R, u, grad); evals {step: dict(loss=, ce=,
+    ppl=, R=, u=)} each printed after its step's row."""
+    evals = evals or {}
+    out = ["=" * 70, banner, "=" * 70, "", "[3] Training Loop",
+           "  Step |   Total |      CE |     Reg |       R |   u_val | GradNorm", "-" * 80]
+    for step, total, ce, reg, r, u, grad in rows:
+        out.append(f"{step:6d} | {total:7.3f} | {ce:7.3f} | {reg:7.4f} | {r:.4f} | {u:7.3f} | {grad:8.3f}")
+        e = evals.get(step)
+        if e:
+            out += ["", "=" * 80, f"EVALUATION @ Step {step}", "=" * 80, f"  Val Loss: {e['loss']:.4f}",
+                    f"  Val CE: {e['ce']:.4f}", f"  Val Perplexity: {e['ppl']:.2f}", f"  Val R: {e['R']:.4f}",
+                    f"  Val u_val: {e['u']:.4f}", "=" * 80, ""]
+    if finished:
+        out += ["", "Training Finished.", "\U0001f513 Released lock"]
+    return out

@@ -18,11 +18,18 @@ def codes(alerts):
     return {a.code: a for a in alerts}
 
 
-@pytest.mark.parametrize("grad,code,sev", [(5000.0, "grad_exploding", Severity.CRITICAL),
-                                           (0.0001, "grad_vanishing", Severity.WARNING)])
-def test_grad_norm(grad, code, sev):
-    a = codes(compute_alerts(history(grad=[2.0] * (N - 1) + [grad], end="completed"), now=1e9))
-    assert a[code].severity is sev and f"{grad:.4g}"[:4] in a[code].message
+@pytest.mark.parametrize("tail,code,sev,evidence", [
+    ([5000.0, 5000.0], "grad_exploding", Severity.CRITICAL, "newest 2 readings"),  # grad_min_readings in a row
+    ([2.0, 5000.0], "grad_exploding", Severity.WARNING, "one reading so far"),  # one averaged spike: not critical
+    ([0.0001, 0.0001], "grad_vanishing", Severity.WARNING, "newest 2 readings"),
+    ([2.0, 0.0001], None, None, None),  # one tiny reading is nothing yet
+])
+def test_grad_norm_needs_its_evidence(tail, code, sev, evidence):
+    a = codes(compute_alerts(history(grad=[2.0] * (N - 2) + tail, end="completed"), now=1e9))
+    if code is None:
+        assert not {"grad_exploding", "grad_vanishing"} & set(a)
+        return
+    assert a[code].severity is sev and f"{tail[-1]:.4g}"[:4] in a[code].message and evidence in a[code].message
 
 
 def test_healthy_grad_and_reg_raise_nothing():

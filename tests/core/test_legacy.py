@@ -89,8 +89,13 @@ def test_a_legacy_folder_is_judged_by_kssm_status(tmp_path, monkeypatch):
     assert s.state == "unknown"  # no end line, no lock: the log just stops (never "crashed")
     assert s.recommendation.code == "unknown" and "the log stops at step 520" in s.recommendation.text
     assert s.exit_code == 1
+    # judged by where it got to (issue 13): Stage 5's gates wait for its milestone; Stage 2 was judged at step 500
     gold = next(r for r in s.assessment.rows if r.metric == "Goldilocks")
-    assert gold.verdict.value == "warning" and "0.2957" in gold.reason  # 0.20 <= R < 0.30
+    assert gold.verdict.value == "pending" and "not reached" in gold.reason and gold.provisional
+    ppl2 = next(r for r in s.matrix if r.stage == 2 and r.metric == "Val PPL")
+    assert ppl2.verdict.value == "healthy" and "315.9 at step 500" in ppl2.reason and not ppl2.provisional
+    ppl3 = next(r for r in s.matrix if r.stage == 3 and r.metric == "Val PPL")
+    assert ppl3.verdict.value == "healthy" and ppl3.provisional and "step 520 of 1500" in ppl3.reason
     assert not any(a.code == "grad_exploding" for a in s.alerts)  # the newest grad norm (1.5) is healthy
 
 

@@ -194,7 +194,12 @@ def test_infer_stage(tmp_path):
     assert infer_stage(history(stage=3)) == 3
     assert infer_stage(history(stage=None, max_steps=5000)) == 4
     assert infer_stage(history(stage=None, max_steps=60)) == 1
-    assert infer_stage(history(stage=None, max_steps=777), tmp_path / "final") == 5
+    # the folder's name never judges a run (issue 13): 777 steps planned is a Stage 3 run wherever it lies ...
+    assert infer_stage(history(stage=None, max_steps=777), tmp_path / "final") == 3
+    assert infer_stage(history(stage=None, max_steps=22000), tmp_path / "stage1") == 5  # beyond 10000: Stage 5
+    # ... it only names the stage to start in a folder with no run yet (kssm status's ALL CLEAR)
+    from kssm_core.runfolder.history import RunHistory
+    assert infer_stage(RunHistory(), tmp_path / "final") == 5 and infer_stage(RunHistory()) == 1
 
 
 def test_zone_counting_matches_reading_by_reading_including_edges():

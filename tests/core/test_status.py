@@ -62,10 +62,11 @@ def test_json_schema_keys(tmp_path, capsys):
     (run,) = body["runs"]
     assert set(run) == TOP_KEYS
     assert run["run_dir"] == str(d) and run["stage"] == 2 and run["state"] == "completed"
-    assert set(run["assessment"]) == {"stage", "verdict", "action", "summary", "rows"}
+    assert set(run["assessment"]) == {"stage", "verdict", "action", "summary", "provisional", "rows"}
+    assert run["assessment"]["provisional"] is False and not any(r["provisional"] for r in run["assessment"]["rows"])
     assert {r["metric"] for r in run["assessment"]["rows"]} == {"Val PPL", "u_val", "R"}
     assert len(run["matrix"]) == 12
-    assert set(run["matrix"][0]) == {"stage", "metric", "verdict", "reason", "remedy", "remedy_note"}
+    assert set(run["matrix"][0]) == {"stage", "metric", "verdict", "reason", "remedy", "remedy_note", "provisional"}
     assert set(run["recommendation"]) == {"code", "text", "command"}
     assert {"free_bytes", "needed_bytes", "remaining_saves"} <= set(run["disk"])
     assert {"available_bytes", "total_bytes", "process_rss_bytes"} <= set(run["memory"])
