@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kssm_core.runbook import cmdline, playbook
+from kssm_core.runbook.stages import STAGES
 from kssm_core.runbook.runstatus import Recommendation, RunStatus, format_duration
 from kssm_core.runbook.verdicts import Verdict
 from kssm_core.runfolder import layout
@@ -34,11 +35,16 @@ def _legacy_next(s: RunStatus, history: RunHistory) -> Recommendation:
     """A reference run finished: go on in a new folder from its best model (its own folder is not ours)."""
     d = Path(s.run_dir)
     best = d / layout.BEST_MODEL
-    nxt = min(s.stage + 1, 5)
+    passed = [st.number for st in STAGES if s.step is not None and st.steps <= s.step]  # milestones it reached
+    done = max(passed, default=0)
+    if done >= 5:
+        return Recommendation("completed", f"COMPLETED (reference run, {s.step} steps: past the runbook's last "
+                              f"milestone; judged as stage 5, {s.assessment.verdict.value})")
+    nxt = done + 1
     if not best.is_file():
         return Recommendation("completed", f"COMPLETED (reference run, judged as stage {s.stage}): no "
                               f"{layout.BEST_MODEL} to continue from")
-    argv = cmdline.train(stage=nxt, output_dir=d.parent / f"{d.name}-stage{nxt}", init_from=best,
+    argv = cmdline.train(stage=nxt, output_dir=playbook.new_folder_for(d), init_from=best,
                          overrides={"tokenizer": "chars"})
     return _rec("completed", f"COMPLETED (reference run, judged as stage {s.stage}, {s.assessment.verdict.value}): "
                 f"continue in a new folder: {cmdline.text(argv)} ({LEGACY_TOKENIZER_NOTE})", argv)
@@ -73,7 +79,7 @@ def recommend(s: RunStatus, history: RunHistory, starting: bool = False, lock_ag
         if legacy:  # not ours to resume in place: its checkpoints are the reference trainer's
             best = Path(d) / layout.BEST_MODEL
             if best.is_file():
-                argv = cmdline.train(stage=s.stage, output_dir=Path(d).parent / f"{Path(d).name}-resumed",
+                argv = cmdline.train(stage=s.stage, output_dir=playbook.new_folder_for(d),
                                      init_from=best, overrides={"tokenizer": "chars"})
                 return _rec("crashed", f"CRASHED at step {step} (reference run): continue in a new folder from its "
                             f"best model: {cmdline.text(argv)} ({LEGACY_TOKENIZER_NOTE})", argv)

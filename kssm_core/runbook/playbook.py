@@ -14,6 +14,7 @@ from typing import Any
 
 from kssm_core.config import TrainConfig, stage as stage_info
 from kssm_core.runbook import cmdline
+from kssm_core.runfolder import layout
 from kssm_core.runbook.criteria import DEFAULT, Criteria
 from kssm_core.runfolder.history import RunHistory, as_number, as_step
 from kssm_core.runbook.verdicts import MatrixRow, Verdict
@@ -44,9 +45,18 @@ def next_seed(seed: Any) -> int:
 
 
 # ---- commands ------------------------------------------------------------------------------------------
+def _is_legacy(history: RunHistory) -> bool:
+    return bool((history.run_start or {}).get("legacy"))
+
+
+def new_folder_for(run_dir: str | Path) -> str:
+    """Where a remedy of a reference-trainer run trains: beside it, never in it (its files are not ours)."""
+    return f"{str(run_dir).rstrip('/')}-kssm"
+
+
 def _run_dir(history: RunHistory, run_dir: str | Path | None) -> str:
     if run_dir is not None:
-        return str(run_dir)
+        return new_folder_for(run_dir) if _is_legacy(history) else str(run_dir)
     out = history.config.get("output_dir")
     return out if isinstance(out, str) and out else "results/stage1"
 
@@ -66,13 +76,23 @@ def train_command(history: RunHistory, run_dir: str | Path | None = None, *, res
     target = as_step(overrides.pop("max_steps", None)) or history.max_steps
     out = _run_dir(history, run_dir)
     init = None if resume or "init_from" in overrides else cmdline.previous_best(Path(out).parent, st)
+    if _is_legacy(history) and run_dir is not None:  # start over beside it, from its best model
+        init = Path(run_dir) / layout.BEST_MODEL if (Path(run_dir) / layout.BEST_MODEL).is_file() else None
+        overrides.setdefault("tokenizer", "chars")
+        st = None
     return cmdline.text(cmdline.train(stage=st, output_dir=out, resume=resume, max_steps=target, init_from=init,
                                       config=cfg, overrides=overrides))
 
 
 def resume_command(history: RunHistory, run_dir: str | Path | None = None, max_steps: int | None = None) -> str:
-    """Emergency recovery: continue a crashed / interrupted run to its own target."""
-    return cmdline.text(cmdline.resume(_run_dir(history, run_dir), max_steps or history.max_steps))
+    """Emergency recovery: continue a crashed / interrupted run to its own target. A reference-trainer run is
+    continued from its best model in a new folder (its checkpoints are the reference's, not resumable by kssm)."""
+    target = max_steps or history.max_steps
+    if _is_legacy(history) and run_dir is not None:
+        best = Path(run_dir) / layout.BEST_MODEL
+        return cmdline.text(cmdline.train(output_dir=new_folder_for(run_dir), max_steps=target, init_from=best,
+                                          overrides={"tokenizer": "chars"}))
+    return cmdline.text(cmdline.resume(_run_dir(history, run_dir), target))
 
 
 def unlock_command(run_dir: str | Path) -> str:
