@@ -27,7 +27,7 @@ ACTION_TEXT = {
 }
 STAGE_W = 1
 METRIC_W = 12
-TAG_W = 4
+TAG_W = 5  # 'WARN?': a provisional cell (judged before its stage's milestone) carries a '?'
 
 
 def _verdict(v) -> Verdict:
@@ -98,7 +98,9 @@ class MatrixPanel(Widget):
             previous_stage = row.stage
             line.append(f"{mark}{stage:<{STAGE_W}} ", style=current_style if is_current else "")
             line.append(one_line(row.metric, metric_w).ljust(metric_w) + " ", style=current_style if is_current else "")
-            line.append(f"{VERDICT_TAGS[verdict]:<{TAG_W}}", style=VERDICT_STYLES[verdict])
+            so_far = bool(row.provisional) and verdict is not Verdict.PENDING
+            tag = VERDICT_TAGS[verdict] + ("?" if so_far else "")
+            line.append(f"{tag:<{TAG_W}}", style=VERDICT_STYLES[verdict].replace("bold ", "") if so_far else VERDICT_STYLES[verdict])
             line.append(" ")
             line.append(one_line(row.reason, reason_w))
             out.append("\n")

@@ -575,3 +575,18 @@ def test_current_matrix_stage_is_bold_and_selected_stage_reversed():
             assert not segment_with(plan, "Smoke test").reverse
 
     asyncio.run(go())
+
+
+def test_matrix_panel_marks_provisional_cells():
+    """A verdict judged before its stage's milestone reads 'WARN?' / 'FAIL?' (no bold): a verdict so far."""
+    rows = [MatrixRow(3, "R zones", Verdict.FAILURE, "locked so far", provisional=True),
+            MatrixRow(3, "Val PPL", Verdict.WARNING, "final", provisional=False)]
+    panel = MatrixPanel()
+    panel.set_rows(rows, 3, None)
+    text = panel.render_text(80)
+    lines = text.plain.splitlines()
+    assert "FAIL?" in next(line for line in lines if "R zones" in line)
+    final = next(line for line in lines if "Val PPL" in line)
+    assert "WARN " in final and "WARN?" not in final
+    styles = {text.plain[s.start:s.end].strip(): str(s.style) for s in text.spans}
+    assert "bold" not in styles["FAIL?"] and "bold" in styles["WARN"]
