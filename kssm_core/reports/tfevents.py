@@ -124,7 +124,7 @@ def text_value(tag: str, text: str) -> bytes:
 
 def event(wall_time: float, step: int = 0, *, summary_values: list[bytes] | None = None,
           file_version: str | None = None, session_start: bool = False) -> bytes:
-    """An Event {wall_time = 1 (double), step = 2, file_version = 3, summary = 5, session_log = 6}."""
+    """An Event {wall_time = 1 (double), step = 2, file_version = 3, summary = 5, session_log = 7}."""
     out = _key(1, 1) + struct.pack("<d", wall_time)
     if step:
         out += _key(2, 0) + _varint(step)
@@ -133,7 +133,7 @@ def event(wall_time: float, step: int = 0, *, summary_values: list[bytes] | None
     if summary_values:
         out += _bytes(5, b"".join(_bytes(1, v) for v in summary_values))
     if session_start:
-        out += _bytes(6, _key(1, 0) + _varint(1))  # SessionLog.status = START
+        out += _bytes(7, _key(1, 0) + _varint(1))  # SessionLog.status = START
     return out
 
 
