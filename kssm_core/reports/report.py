@@ -120,7 +120,8 @@ def write_report(paths, out_dir: str | Path | None = None, *, figures: bool | No
         refs.append(r if isinstance(r, overlay.Reference) else overlay.read_reference(r))
     have_mpl = matplotlib_available()
     if figures and not have_mpl:
-        raise ReportError("matplotlib is not installed: pip install 'kssm-tui[report]' (or leave the figures out)")
+        raise ReportError("matplotlib is not installed: pip install 'kssm-tui[report]' "
+                          "(or kssm report --no-figures for the tables alone)")
     draw = have_mpl if figures is None else figures
     try:
         out.mkdir(parents=True, exist_ok=True)
