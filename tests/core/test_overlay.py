@@ -72,7 +72,7 @@ def test_missing_and_binary_reference(tmp_path):
 
 # ---- smoothing -----------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("weight", [0.0, 0.25, 0.6, 0.9, 0.99, 0.999])
-@pytest.mark.parametrize("n", [1, 2, 255, 256, 257, 2000])
+@pytest.mark.parametrize("n", [1, 2, 63, 64, 65, 255, 256, 257, 2000])
 def test_debiased_ema_is_tensorboards(weight, n):
     rng = np.random.default_rng(n)
     y = rng.normal(5.0, 2.0, size=n)
@@ -116,3 +116,14 @@ def test_evaluations_map_onto_the_step_axis():
 def test_run_styles_are_stable_and_distinct_without_colour():
     styles = [run_style(i) for i in range(8)]
     assert len({(s.marker, s.linestyle) for s in styles}) == 8 and run_style(3) == styles[3]
+
+
+def test_debiased_ema_resumes_from_its_state():
+    from kssm_core.reports.overlay import debiased_ema_state
+
+    y = np.random.default_rng(1).normal(3.0, 1.0, size=1000)
+    y[500] = np.nan
+    whole = debiased_ema(y, 0.9)
+    head, state = debiased_ema_state(y[:700], 0.9)
+    tail, _ = debiased_ema_state(y[700:], 0.9, state)
+    np.testing.assert_allclose(np.concatenate([head, tail]), whole, rtol=1e-12)
