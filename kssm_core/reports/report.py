@@ -249,7 +249,7 @@ def draw_figure(fig: Figure, runs: list[RunData], out: Path, *, criteria=None, r
             rx, ry = overlay.minmax_downsample(xs, y, MAX_POINTS // 2)
             ax.plot(rx, ry, color=st.color, linewidth=0.8, alpha=0.25)
             sm = overlay.debiased_ema(y, smoothing)
-            sx, sy = overlay.minmax_downsample(xs, sm, MAX_POINTS // 2)
+            sx, sy = overlay.bucket_mean(xs, sm, MAX_POINTS // 2)
             ax.plot(sx, sy, color=st.color, linestyle=st.linestyle, linewidth=1.8, marker=st.marker,
                     markevery=max(1, len(sx) // 12), markersize=5, label=label)
         else:
@@ -266,7 +266,12 @@ def draw_figure(fig: Figure, runs: list[RunData], out: Path, *, criteria=None, r
         ax.plot(x, y, color="#444444", linestyle=(0, (5, 3)) if k % 2 == 0 else (0, (2, 2)), linewidth=1.6,
                 label=f"{name} (reference{'' if col in ('loss', 'val_ppl', 'R', 'u_val') else ', ' + col})")
     if log_y:
+        from matplotlib.ticker import FuncFormatter
+
         ax.set_yscale("log")
+        plain = FuncFormatter(lambda v, _pos: f"{v:g}")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _pos: f"{v:g}" if f"{v:g}"[0] in "235" else ""))
     if fig.name == "R.png":
         ymax = max((float(np.max(y)) for y in all_y), default=0.1)
         top = min(1.0, max(0.12, ymax * 1.15))
