@@ -16,6 +16,8 @@ COMMAND_MODULES = (
     "kssm_core.commands.clean",
     "kssm_core.commands.status",
     "kssm_core.commands.eval",
+    "kssm_core.commands.export",
+    "kssm_core.commands.report",
 )
 
 

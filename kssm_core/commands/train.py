@@ -41,6 +41,8 @@ def register(sub) -> None:
                    help="train with N processes on this machine (torchrun + DDP; one per GPU). See docs/distributed.md")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"),
                    help="auto (default): bf16 autocast on a CUDA GPU that supports it, else fp32")
+    p.add_argument("--tensorboard", metavar="DIR",
+                   help="also write TensorBoard event files live, to DIR/<run folder name>/ (tensorboard --logdir DIR)")
     p.set_defaults(func=run)
 
 
@@ -92,10 +94,20 @@ def run(args: argparse.Namespace) -> int:
             return EXIT_REFUSED
         if nproc > 1:
             return distributed.launch(nproc, args, cfg.output_dir)
+    sink = None
+    if getattr(args, "tensorboard", None):
+        from kssm_core.reports.tfevents import TensorBoardSink
+
+        try:
+            Path(args.tensorboard).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            print(f"kssm train: --tensorboard {args.tensorboard}: cannot create it: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_REFUSED
+        sink = TensorBoardSink(args.tensorboard, Path(cfg.output_dir).name)
     dist = distributed.Dist.init_from_env()  # a torchrun worker joins its job; otherwise one process
     try:
         echo = None if args.quiet or not dist.is_main else sys.stdout
-        return train(cfg, echo=echo, overrides=overrides, dist=dist)
+        return train(cfg, echo=echo, overrides=overrides, dist=dist, sink=sink if dist.is_main else None)
     finally:
         dist.teardown()
 

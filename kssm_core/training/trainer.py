@@ -127,8 +127,10 @@ class StopFlag:
 
 class Trainer:
     def __init__(
-        self, cfg: TrainConfig, echo: TextIO | None = sys.stdout, overrides_on_resume: dict | None = None, dist: Dist | None = None
+        self, cfg: TrainConfig, echo: TextIO | None = sys.stdout, overrides_on_resume: dict | None = None, dist: Dist | None = None,
+        sink=None,
     ):
+        self.sink = sink  # called with each run_start / step / eval / sample / run_end record (--tensorboard)
         self.requested = cfg
         self.dist = dist or SINGLE  # torchrun workers: rank 0 alone writes the run folder
         self.echo = echo
@@ -171,6 +173,9 @@ class Trainer:
             lock.release()
             return EXIT_REFUSED
         self.events = EventWriter(self.out / "events.jsonl") if main else NullEventWriter()
+        if main and self.sink is not None:
+            from kssm_core.reports.tfevents import TeeEvents
+            self.events = TeeEvents(self.events, self.sink)
         self.log = TextLog(self.out / "training.log", echo=self.echo) if main else NullTextLog()
         hb = threading.Thread(target=self._heartbeat, name="kssm-heartbeat", daemon=True)
         hb.start()
@@ -552,8 +557,9 @@ def recorded_config(run_dir: Path) -> dict | None:
     return found
 
 
-def train(cfg: TrainConfig, echo: TextIO | None = sys.stdout, overrides: dict | None = None, dist: Dist | None = None) -> int:
-    return Trainer(cfg, echo=echo, overrides_on_resume=overrides, dist=dist).run()
+def train(cfg: TrainConfig, echo: TextIO | None = sys.stdout, overrides: dict | None = None, dist: Dist | None = None,
+          sink=None) -> int:
+    return Trainer(cfg, echo=echo, overrides_on_resume=overrides, dist=dist, sink=sink).run()
 
 
 def tokenizer_from_checkpoint(state: dict[str, Any]) -> Tokenizer | None:

@@ -1,5 +1,11 @@
 """MetricChart: a plotext line chart of one or more metric series against training step.
 
+Overlay of runs (``set_data(..., run_slots=...)``): each series is a run drawn in its slot's colour and marker
+(eight of each, so runs stay apart without colour; the header is the legend, naming each run with its glyph);
+``references`` are drawn dashed and never smoothed; ``ema_weight`` smooths with TensorBoard's debiased EMA over
+every raw point and draws the raw series faint (dim dots) beneath. Without those arguments the chart draws
+exactly as before.
+
 A thin wrapper of our own rather than textual-plotext, because the cockpit needs what that widget leaves to the
 caller: downsampling (a week-long run has millions of points), a render cache keyed on data and size, a lock
 around plotext's global figure, our own log axis (plotext's has problems with ticks and non-positive values),
@@ -30,6 +36,15 @@ SERIES_MARKERS = ("braille", "+", "x", "o")
 SERIES_GLYPHS = ("\u283f", "+", "x", "o")
 ASCII_MARKERS = ("*", "+", "x", "o")
 HLINE_COLOR = "red"
+# Overlay slots: a run keeps its slot (colour + marker + header glyph) for as long as it is overlaid.
+RUN_COLORS = ("cyan", "yellow", "magenta", "green", "blue+", "red+", "white", "gray+")
+RUN_MARKERS = ("braille", "+", "x", "o", "#", "@", "%", "&")
+RUN_GLYPHS = ("\u283f", "+", "x", "o", "#", "@", "%", "&")
+RUN_ASCII_MARKERS = ("*", "+", "x", "o", "#", "@", "%", "&")
+RAW_MARKER, RAW_ASCII_MARKER = "\u00b7", "."  # the faint raw series under a smoothed one
+REFERENCE_COLOR = "gray+"
+REFERENCE_MARKER = "-"
+REFERENCE_GLYPH = "--"
 BAND_COLORS = ("blue", "green", "yellow", "magenta", "cyan", "red", "white")
 
 # Box-drawing and block glyphs plotext uses, mapped to ASCII for KSSM_ASCII=1 or non-UTF-8 terminals.
@@ -48,6 +63,19 @@ MIN_PLOT_WIDTH = 24
 MIN_PLOT_HEIGHT = 5  # frame (2) + x ticks (1) + at least 2 rows of data
 
 Series = tuple[str, Sequence[int], Sequence[float]]
+
+
+class _Style(tuple):
+    """(color, marker, kind) of one prepared line; kind: "main", "raw" (faint, under its smoothed line), "ref"."""
+
+    __slots__ = ()
+
+    def __new__(cls, color: str, marker: str, kind: str = "main"):
+        return super().__new__(cls, (color, marker, kind))
+
+    color = property(lambda self: self[0])
+    marker = property(lambda self: self[1])
+    kind = property(lambda self: self[2])
 
 
 def _as_floats(seq: Sequence, memo: dict[int, np.ndarray] | None) -> np.ndarray:
@@ -121,6 +149,16 @@ def ema(y: np.ndarray, span: float) -> np.ndarray:
         acc = alpha * v + (1.0 - alpha) * acc
         out[i] = acc
     return out
+
+
+def dashes(x: np.ndarray, y: np.ndarray, columns: int) -> tuple[np.ndarray, np.ndarray]:
+    """A line as dashes: about one point per column along it (interpolated), every other pair of columns left out."""
+    if len(x) < 2:
+        return x, y
+    n = max(4, 2 * columns)
+    xs = np.linspace(float(x[0]), float(x[-1]), n)
+    keep = (np.arange(n) // 3) % 2 == 0
+    return xs[keep], np.interp(xs[keep], x, y)
 
 
 def format_value(v: float) -> str:
@@ -221,6 +259,13 @@ class MetricChart(Widget):
         self._smoothing = False
         self._y_label = ""
         self._ylim: tuple[float | None, float | None] | None = None
+        self._run_slots: list[int] | None = None
+        self._raw_refs: list[tuple[str, Sequence[int], Sequence[float | None]]] = []
+        self._refs: list[tuple[str, np.ndarray, np.ndarray]] = []
+        self._ema_weight: float | None = None
+        self._smoothed: list[np.ndarray] = []
+        self._ema_cache: dict[str, tuple | None] = {}  # series name -> (weight, n, last x, last y, state, smoothed)
+        self._x_label = "step"
         self._version = 0
         self._cache_key: tuple | None = None
         self._cache: Text | None = None
@@ -237,6 +282,10 @@ class MetricChart(Widget):
         smoothing: bool = False,
         y_label: str = "",
         ylim: tuple[float | None, float | None] | None = None,
+        run_slots: Sequence[int] | None = None,
+        references: Sequence[Series] = (),
+        ema_weight: float | None = None,
+        x_label: str = "step",
     ) -> None:
         """Replace what the chart shows.
 
@@ -246,6 +295,11 @@ class MetricChart(Widget):
         log_y: plot log10 of the values (non-positive values are dropped and counted in the header).
         smoothing: exponential moving average of each series.
         ylim: fixed (low, high) for the y axis; None picks the data range (either end may be None).
+        run_slots: overlay of runs: the colour / marker slot of each series (keep a run's slot while it is shown).
+        references: (name, steps, values) published trajectories: dashed, never smoothed, named in the header.
+        ema_weight: with smoothing, TensorBoard's debiased EMA of this weight over every point, the raw series
+            drawn faint beneath (None: the plain EMA of bucket means, without the raw series).
+        x_label: the x axis' name (e.g. "active time (min)" when the caller passes times as steps).
         """
         # Conversion to arrays waits for the first render: a chart in a hidden tab never pays for it.
         self._raw_series = [(clean(name), steps, values) for name, steps, values in series]
@@ -256,6 +310,10 @@ class MetricChart(Widget):
         self._smoothing = bool(smoothing)
         self._y_label = clean(y_label)
         self._ylim = ylim
+        self._run_slots = [int(k) for k in run_slots] if run_slots is not None else None
+        self._raw_refs = [(clean(name), steps, values) for name, steps, values in references]
+        self._ema_weight = float(ema_weight) if ema_weight is not None and smoothing else None
+        self._x_label = clean(x_label) or "step"
         self._version += 1
         self.refresh()
 
@@ -264,8 +322,33 @@ class MetricChart(Widget):
             memo: dict[int, np.ndarray] = {}  # lives only during this conversion, so ids cannot be reused
             self._series = [(name, *finite_xy(steps, values, memo)) for name, steps, values in self._raw_series]
             self._raw_series = []  # the arrays replace the caller's lists; do not keep both alive
+            self._refs = [(name, *finite_xy(steps, values, memo)) for name, steps, values in self._raw_refs]
+            self._raw_refs = []
+            self._smoothed = []
+            if self._ema_weight is not None:  # once per data version: a resize does not recompute it
+                self._smoothed = [self._smooth(name, x, y) for name, x, y in self._series]
+            else:
+                self._ema_cache.clear()
             self._series_version = self._version
         return self._series
+
+    def _smooth(self, name: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """The debiased EMA of a series; when it only grew since the last data (a live run's new readings),
+        just the new points are smoothed, from the kept state."""
+        from kssm_core.reports.overlay import debiased_ema_state
+
+        w = self._ema_weight
+        kept = self._ema_cache.get(name)
+        if kept is not None:
+            kw, n, x_last, y_last, state, smoothed = kept
+            if kw == w and 0 < n <= len(y) and x[n - 1] == x_last and y[n - 1] == y_last:
+                tail, state = debiased_ema_state(y[n:], w, state)
+                out = np.concatenate([smoothed, tail]) if len(tail) else smoothed
+                self._ema_cache[name] = (w, len(y), x[-1], y[-1], state, out)
+                return out
+        out, state = debiased_ema_state(y, w)
+        self._ema_cache[name] = (w, len(y), x[-1], y[-1], state, out) if len(y) else None
+        return out
 
     @property
     def point_count(self) -> int:
@@ -292,7 +375,7 @@ class MetricChart(Widget):
         self._arrays()
         prepared, dropped = self._prepare(width)
         header = self._header(prepared, dropped, asc, width)
-        if not any(len(x) for _, x, _ in prepared):
+        if not any(len(p[1]) for p in prepared):
             body = Text("\n" + one_line("waiting for data", width), style="dim")
             return self._finish(header, body)
         if width < MIN_PLOT_WIDTH or height - 1 < MIN_PLOT_HEIGHT:
@@ -313,10 +396,11 @@ class MetricChart(Widget):
         from .sparklines import ASCII_RAMP, BLOCKS, spark
 
         body = Text(end="")
-        for i, (_name, _x, y) in enumerate(prepared[: max(rows, 0)]):
+        mains = [p for p in prepared if p[3].kind == "main"]
+        for _name, _x, y, style in mains[: max(rows, 0)]:
             values = bucket_mean(np.arange(len(y), dtype=float), y, max(width, 1))[1].tolist()
             body.append("\n")
-            body.append(spark(values, ASCII_RAMP if asc else BLOCKS), style=SERIES_COLORS[i % len(SERIES_COLORS)])
+            body.append(spark(values, ASCII_RAMP if asc else BLOCKS), style=style.color)
         return body
 
     def _finish(self, header: Text, body: Text) -> Text:
@@ -325,25 +409,57 @@ class MetricChart(Widget):
         out.append_text(body)
         return out
 
-    def _prepare(self, width: int) -> tuple[list[tuple[str, np.ndarray, np.ndarray]], int]:
-        """Downsample, smooth and log-transform each series for a plot this many columns wide."""
+    def _prepare(self, width: int) -> tuple[list[tuple[str, np.ndarray, np.ndarray, _Style]], int]:
+        """Downsample, smooth and log-transform each series for a plot this many columns wide.
+
+        Returns (name, x, y, style) in drawing order: faint raw series first, then references, then the lines."""
         columns = max(8, width - 8)  # the y tick labels take some columns
+        asc = ascii_mode()
         out = []
+        raws = []
         dropped = 0
-        for name, x, y in self._series:
+        for i, (name, x, y) in enumerate(self._arrays()):
+            style = self._style(i, asc)
+            smoothed = self._smoothed[i] if self._smoothed else None
             if self._log_y:
                 positive = y > 0
                 dropped += int(len(y) - positive.sum())
                 x, y = x[positive], y[positive]
-            if self._smoothing and len(y) > 2:
+                if smoothed is not None:
+                    smoothed = smoothed[positive]
+            if smoothed is not None:  # TensorBoard's EMA over every point; the raw one faint beneath
+                rx, ry = downsample(x, y, columns)
+                x, y = downsample(x, smoothed, columns)
+                if self._log_y:
+                    ry = np.log10(ry)
+                raws.append((name, rx, ry, _Style(style.color, RAW_ASCII_MARKER if asc else RAW_MARKER, "raw")))
+            elif self._smoothing and len(y) > 2:
                 x, y = bucket_mean(x, y, columns * 2)
                 y = ema(y, span=max(3.0, len(y) / 25.0))
             else:
                 x, y = downsample(x, y, columns)
             if self._log_y:
                 y = np.log10(y)
-            out.append((name, x, y))
-        return out, dropped
+            out.append((name, x, y, style))
+        refs = []
+        for name, x, y in self._refs:  # never smoothed
+            if self._log_y:
+                positive = y > 0
+                x, y = x[positive], np.log10(y[positive])
+            refs.append((name, *dashes(x, y, columns), _Style(REFERENCE_COLOR, REFERENCE_MARKER, "ref")))
+        return raws + refs + out, dropped
+
+    def _style(self, i: int, asc: bool) -> _Style:
+        if self._run_slots is None:
+            return _Style(SERIES_COLORS[i % len(SERIES_COLORS)], (ASCII_MARKERS if asc else SERIES_MARKERS)[i % len(SERIES_MARKERS)])
+        slot = self._run_slots[i] if i < len(self._run_slots) else i
+        return _Style(RUN_COLORS[slot % len(RUN_COLORS)], (RUN_ASCII_MARKERS if asc else RUN_MARKERS)[slot % len(RUN_MARKERS)])
+
+    def _glyph(self, i: int, asc: bool) -> str:
+        if self._run_slots is None:
+            return (ASCII_MARKERS if asc else SERIES_GLYPHS)[i % len(SERIES_MARKERS)]
+        slot = self._run_slots[i] if i < len(self._run_slots) else i
+        return (RUN_ASCII_MARKERS if asc else RUN_GLYPHS)[slot % len(RUN_GLYPHS)]
 
     def _header(self, prepared, dropped: int, asc: bool, width: int) -> Text:
         """Title line: title, then each series' marker, name and last raw value; colour optional."""
@@ -351,13 +467,18 @@ class MetricChart(Widget):
         head.append(self.title, style="bold")
         if self._log_y:
             head.append(" (log)")
-        if self._smoothing:
+        if self._ema_weight is not None:
+            head.append(f" (EMA {self._ema_weight:g}, raw {RAW_ASCII_MARKER if asc else RAW_MARKER})")
+        elif self._smoothing:
             head.append(" (smoothed)")
         for i, (name, x, y) in enumerate(self._series):
-            glyph = (ASCII_MARKERS if asc else SERIES_GLYPHS)[i % len(SERIES_MARKERS)]
+            glyph = self._glyph(i, asc)
             last = format_value(float(y[-1])) if len(y) else "n/a"
             head.append("  ")
-            head.append(f"{glyph} {name} {last}", style=SERIES_COLORS[i % len(SERIES_COLORS)])
+            head.append(f"{glyph} {name} {last}", style=self._style(i, asc).color)
+        for name, _x, _y in self._refs:
+            head.append("  ")
+            head.append(f"{REFERENCE_GLYPH} {name}", style=REFERENCE_COLOR)
         if dropped:
             head.append(f"  ({dropped} <= 0 not shown)", style="dim")
         head.truncate(width, overflow="ellipsis" if not asc else "crop")
@@ -365,7 +486,7 @@ class MetricChart(Widget):
 
     def _y_range(self, prepared) -> tuple[float, float]:
         """The data's range, widened to whole bands and to nearby reference lines; a fixed ylim wins."""
-        ys = [y for _, _, y in prepared if len(y)]
+        ys = [p[2] for p in prepared if len(p[2])]
         lo = float(min(v.min() for v in ys))
         hi = float(max(v.max() for v in ys))
         if self._ylim is not None:
@@ -412,7 +533,7 @@ class MetricChart(Widget):
 
     def _build(self, prepared, width: int, height: int, asc: bool) -> str:
         y_lo, y_hi = self._y_range(prepared)
-        xs_all = [x for _, x, _ in prepared if len(x)]
+        xs_all = [p[1] for p in prepared if len(p[1])]
         x_lo = float(min(v.min() for v in xs_all))
         x_hi = float(max(v.max() for v in xs_all))
         if x_hi <= x_lo:
@@ -435,15 +556,14 @@ class MetricChart(Widget):
                         plt.hline(ty, HLINE_COLOR)
                         if label:
                             plt.text(label, x_hi, ty, color=HLINE_COLOR, alignment="right")
-                markers = ASCII_MARKERS if asc else SERIES_MARKERS
-                for i, (_name, x, y) in enumerate(prepared):
-                    if len(x):
-                        plt.plot(
-                            x.tolist(),
-                            y.tolist(),
-                            marker=markers[i % len(markers)],
-                            color=SERIES_COLORS[i % len(SERIES_COLORS)],
-                        )
+                for _name, x, y, style in prepared:
+                    if not len(x):
+                        continue
+                    if style.kind == "main":
+                        plt.plot(x.tolist(), y.tolist(), marker=style.marker, color=style.color)
+                    else:  # faint raw points, or a reference's dashes: points, not a joined line
+                        plt.scatter(x.tolist(), y.tolist(), marker=style.marker, color=style.color,
+                                    style="dim" if style.kind == "raw" else None)
                 y_count = max(2, min(5, (height - 3) // 2))
                 if self._log_y:
                     ticks, labels = log_ticks(y_lo, y_hi, count=y_count)
@@ -453,10 +573,10 @@ class MetricChart(Widget):
                 plt.yticks(ticks, labels)
                 x_ticks = [t for t in nice_ticks(x_lo, x_hi, max(3, min(6, width // 12))) if t == int(t)]
                 plt.xticks(x_ticks, [compact(t) for t in x_ticks])
-                if height >= 12:  # small charts keep their rows for the data (the x axis is always steps)
+                if height >= 12:  # small charts keep their rows for the data
                     if self._y_label:
                         plt.ylabel(self._y_label)
-                    plt.xlabel("step")
+                    plt.xlabel(self._x_label)
                 return plt.build()
             finally:
                 plt.clear_figure()  # drop the data now: plotext would otherwise hold it until the next chart

@@ -314,7 +314,7 @@ def test_worker_argv_round_trips_through_the_real_parser():
             "--grad-accum", "2", "--seq-len", "64", "--warmup-steps", "5", "--log-interval", "2",
             "--eval-interval", "7", "--save-interval", "9", "--eval-batches", "3", "--keep-checkpoints", "4",
             "--monostable", "--heartbeat-seconds", "2.5", "--quiet", "--precision", "fp32", "--max-steps", "50",
-            "--output-dir", "o"]
+            "--output-dir", "o", "--tensorboard", "tb dir"]
     first = parser.parse_args(argv)
     unset = [k for k, v in vars(first).items() if v is None]
     assert not unset, f"add these new train flags to this test: {unset}"
