@@ -130,7 +130,7 @@ def write_report(paths, out_dir: str | Path | None = None, *, figures: bool | No
 
     from kssm_core.runbook.status import run_status
 
-    statuses = [run_status(r.run_dir, criteria, history=r.history) for r in runs]
+    statuses = [run_status(r.run_dir, criteria) for r in runs]  # the one run model: what kssm status says
     result = ReportResult(out, out / REPORT_NAME, runs=[r.name for r in runs])
     drawn: list[Figure] = []
     if draw:
