@@ -375,7 +375,7 @@ def _version(dist: str) -> str:
 
 def render_markdown(runs: list[RunData], statuses, figures: list[Figure], notes: list[str], *, title: str, paths,
                     refs=(), x_axis="step", smoothing=overlay.DEFAULT_SMOOTHING, now: float | None = None) -> str:
-    from kssm_core.runbook.matrix import load_eval_results
+    from kssm_core.runbook.probe import load_eval_results
 
     now = time.time() if now is None else now
     stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(now))
