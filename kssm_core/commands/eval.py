@@ -27,10 +27,11 @@ def register(sub) -> None:
     p = sub.add_parser("eval", help="run the final validation suite on a model (results in RUN_DIR/eval/)")
     p.add_argument("suite", choices=SUITE_NAMES, metavar="SUITE", help=f"one of: {', '.join(SUITE_NAMES)}")
     p.add_argument("--model", required=True, metavar="PATH", help="checkpoint file, e.g. results/final/best_model.pt")
-    p.add_argument("--tokenizer", metavar="FILE",
-                   help="tokenizers JSON; needed for a reference checkpoint that embeds none")
-    p.add_argument("--out", metavar="DIR", help="run folder for the results (default: the model's folder); "
-                   "files go to DIR/eval/")
+    p.add_argument("--tokenizer", metavar="SPEC",
+                   help="a tokenizers JSON file, 'chars' (the reference's character fallback) or 'tiktoken:NAME'; "
+                        "needed for a reference checkpoint that embeds none")
+    p.add_argument("--out", metavar="DIR", help="run folder for the results (default: the model's folder, unless "
+                   "another trainer wrote it: kssm writes nothing there); files go to DIR/eval/")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="default: auto")
     p.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: 1 for a model under "
@@ -92,6 +93,14 @@ def run(args: argparse.Namespace) -> int:
         device = pick_device(args.device)
     except ValueError as exc:
         return refuse(str(exc))
+    run_dir = Path(args.out) if args.out else Path(args.model).parent
+    if not args.out:
+        from kssm_core.runfolder.foreign import foreign_run
+
+        foreign = foreign_run(run_dir, check_formats=False)
+        if foreign is not None:  # the reference trainer's folder: its files, not ours to add to
+            return refuse(f"{run_dir} holds {foreign.what()}: kssm writes nothing into it; "
+                          f"add --out DIR for the results (e.g. --out {run_dir.parent / (run_dir.name + '-eval')})")
     try:
         loaded = load_model(args.model, device, args.tokenizer)
     except EvalError as exc:
@@ -103,7 +112,6 @@ def run(args: argparse.Namespace) -> int:
     elif (device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ
           and loaded.model.num_parameters() < SMALL_MODEL_PARAMS):
         torch.set_num_threads(1)
-    run_dir = Path(args.out) if args.out else Path(args.model).parent
     eval_dir = run_dir / "eval"
     if eval_dir.is_symlink():
         return refuse(f"{eval_dir} is a symlink; results are only written into a real folder")
