@@ -93,18 +93,18 @@ def run(args: argparse.Namespace) -> int:
         device = pick_device(args.device)
     except ValueError as exc:
         return refuse(str(exc))
-    run_dir = Path(args.out) if args.out else Path(args.model).parent
-    if not args.out:
-        from kssm_core.runfolder.foreign import foreign_run
-
-        foreign = foreign_run(run_dir, check_formats=False)
-        if foreign is not None:  # the reference trainer's folder: its files, not ours to add to
-            return refuse(f"{run_dir} holds {foreign.what()}: kssm writes nothing into it; "
-                          f"add --out DIR for the results (e.g. --out {run_dir.parent / (run_dir.name + '-eval')})")
     try:
         loaded = load_model(args.model, device, args.tokenizer)
     except EvalError as exc:
         return refuse(str(exc))
+    run_dir = Path(args.out) if args.out else Path(args.model).parent
+    if not args.out:  # after the load: a bad model file is the first thing to say
+        from kssm_core.runfolder.foreign import foreign_run
+
+        foreign = foreign_run(run_dir, check_formats=False)
+        if foreign is not None:  # another trainer's folder: its files, not ours to add to
+            return refuse(f"{run_dir} holds {foreign.what()}: kssm writes nothing into it; "
+                          f"add --out DIR for the results (e.g. --out {run_dir.parent / (run_dir.name + '-eval')})")
     if args.threads is not None:
         if args.threads < 1:
             return refuse(f"--threads must be >= 1, got {args.threads}")
