@@ -45,11 +45,13 @@ class CheckpointSaver:
         return (st.st_dev, st.st_ino) if stat.S_ISREG(st.st_mode) else (-1, -1)
 
     def ours(self, path: Path) -> bool:
-        """Written by this saver, or a regular file holding our checkpoint format (an earlier part of this run)."""
+        """May this saver replace or prune `path`? Yes when it wrote it, or when it is a regular file that is not
+        another program's checkpoint: ours from an earlier part of this run, or one too damaged to read (the
+        folder itself passed kssm_core.runfolder.foreign at start)."""
         ident = self._identity(path)
         if ident is None or ident in self._written:
             return True
-        return ident != (-1, -1) and is_ours(path) is True
+        return ident != (-1, -1) and is_ours(path) is not False
 
     def may_write(self, name: str) -> bool:
         """Never replace a best_model.pt / checkpoint that kssm did not write (a symlink, another trainer's)."""
