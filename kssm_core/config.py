@@ -150,7 +150,10 @@ class TrainConfig:
         if c.preset is None and not c.init_from:
             c.preset = "tiny"
         p = PRESETS[c.preset or "tiny"]  # with the checkpoint's shape, the training shape is still tiny's
-        c.vocab_size = c.vocab_size or p.vocab_size
+        if c.tokenizer and c.vocab_size:
+            raise ValueError("--vocab-size sizes the BPE trained on the corpus; with --tokenizer the vocabulary is "
+                             "the tokenizer's: drop one of them")
+        c.vocab_size = None if c.tokenizer else (c.vocab_size or p.vocab_size)
         c.batch_size = c.batch_size or p.batch_size
         c.grad_accum = c.grad_accum or p.grad_accum
         c.seq_len = c.seq_len or p.seq_len

@@ -182,11 +182,12 @@ class Trainer:
         except OSError as exc:  # e.g. a read-only run folder: no temp file for the lock
             self._say(f"cannot create {self.out / LOCK_NAME}: {exc.strerror or exc}")
             refused = True
-        # What --resume would continue from, read by every rank before rank 0 moves anything.
-        self._found, self._recorded = self._find_resumable() if self.requested.resume else (None, None)
         if not self.dist.agree(not refused):  # every rank refuses when rank 0 could not take the lock
             lock.release()
             return EXIT_REFUSED
+        # What --resume would continue from: every rank reads it before rank 0 may move the folder's run aside.
+        self._found, self._recorded = self._find_resumable() if self.requested.resume else (None, None)
+        self.dist.agree(True)  # a barrier
         if install_signals:
             self.stop.install()
         try:
@@ -238,12 +239,11 @@ class Trainer:
             return None, None
         if not self.adopt:
             return found.refusal(self._tokenizer_hint(found.newest_weights())), None
-        if found.whole:
-            state, reason = lock_state(read_lock(self.out))
-            if state == "live":
-                return f"cannot adopt {self.out}: its {LOCK_NAME} is {reason}: that trainer is still running; stop it first", None
-            if state == "foreign":
-                return f"cannot adopt {self.out}: {reason}; if its trainer is gone for good, move that lock away by hand", None
+        state, reason = lock_state(read_lock(self.out))  # nothing moves while a trainer may be running here
+        if state == "live":
+            return f"cannot adopt {self.out}: its {LOCK_NAME} is {reason}: that trainer is still running; stop it first", None
+        if state == "foreign":
+            return f"cannot adopt {self.out}: {reason}; if its trainer is gone for good, move that lock away by hand", None
         try:
             dest = archive_files(self.out, found.files)
         except (ArchiveError, OSError) as exc:
@@ -348,7 +348,10 @@ class Trainer:
         return saved
 
     def _run_locked(self) -> int:
-        cfg, found = self._resolve_config()
+        try:
+            cfg, found = self._resolve_config()
+        except ValueError as exc:  # the saved settings with this resume's flags do not validate
+            return self._refuse(str(exc))
         self.cfg = cfg
         try:
             device = self.dist.device(pick_device(cfg.device))
