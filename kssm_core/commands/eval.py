@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.out:  # after the load: a bad model file is the first thing to say
         from kssm_core.runfolder.foreign import foreign_run
 
-        foreign = foreign_run(run_dir, check_formats=False)
+        foreign = foreign_run(run_dir)
         if foreign is not None:  # another trainer's folder: its files, not ours to add to
             return refuse(f"{run_dir} holds {foreign.what()}: kssm writes nothing into it; "
                           f"add --out DIR for the results (e.g. --out {run_dir.parent / (run_dir.name + '-eval')})")

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     from kssm_core.runfolder.foreign import foreign_run
 
-    foreign = foreign_run(run_dir, check_formats=False)
+    foreign = foreign_run(run_dir)
     if foreign is not None and os.path.lexists(run_dir / "training.lock"):  # a symlinked lock counts too
         _, reason = lock_state(read_lock(run_dir))
         print(f"kssm unlock: {run_dir} holds {foreign.what()}: its training.lock ({reason}) is left as it is; "

@@ -1,13 +1,14 @@
 """Runs this project did not write (the reference trainer's, most often): how to tell them from ours.
 
-A folder is FOREIGN when it holds a training.log, a best_model.pt or a checkpoint_*.pt but no
-events.jsonl (our trainer creates events.jsonl before any of those), or when, beside our events.jsonl,
-a checkpoint loads but lacks our `format` key (every checkpoint this project ever wrote has it). kssm
+A folder is FOREIGN when it has no events.jsonl (our trainer creates it before anything else) but holds
+a training.log, or a best_model.pt / checkpoint_*.pt that is not provably ours (a folder holding only our
+own checkpoints, copied there, is ours to use); or when, beside our events.jsonl, a checkpoint loads but
+lacks our `format` key (every checkpoint this project ever wrote has it). kssm
 writes nothing into a foreign folder: no lock, no log line, no checkpoint; `kssm train --adopt` first
 moves every foreign file into previous/<UTC time>/ (kssm_core.training.archive), byte for byte.
 
-The folder test reads names only; the format test (check_formats=True) opens checkpoints memory-mapped
-with torch.load(weights_only=True), so torch is imported only then.
+With check_formats=False the test reads names only (any weights without events.jsonl count as foreign);
+the format test opens checkpoints memory-mapped with torch.load(weights_only=True), importing torch then.
 """
 
 from __future__ import annotations
@@ -90,13 +91,15 @@ def foreign_run(run_dir: str | Path, check_formats: bool = True) -> ForeignRun |
         evidence = [n for n in [LOG_NAME, *weights] if n in names]
         if not evidence:
             return None
+        if LOG_NAME not in names and check_formats and all(is_ours(root / n) is True for n in weights):
+            return None  # only our own checkpoints, copied here (e.g. to resume elsewhere): ours to use
         files = [Path(e.path) for e in entries if e.name not in NEVER_MOVED]
         return ForeignRun(root, files, evidence, whole=True)
     if not check_formats:
         return None
     stray = []
     for e in entries:
-        if e.name in weights and e.is_file(follow_symlinks=False) and is_ours(e.path) is False:
+        if e.name in weights and e.is_file(follow_symlinks=False) and is_ours(root / e.name) is False:
             stray.append(e.name)
     if not stray:
         return None

@@ -228,7 +228,7 @@ def plan_clean(run_dir: str | Path, keep: int = 1) -> CleanPlan:
     files = checkpoint_files(root)
     from kssm_core.runfolder.foreign import foreign_run, is_ours
 
-    foreign = foreign_run(root, check_formats=False)
+    foreign = foreign_run(root)
     if foreign is not None:  # another trainer's folder: kssm deletes nothing of it
         keep_all = [(path, "written by another trainer (no events.jsonl here): kssm never deletes it") for _, path in files]
         if (root / BEST_NAME).exists():

@@ -162,6 +162,11 @@ def resolve_tokenizer(spec: str):
     return tok
 
 
+def has_tokenizer_record(state: dict[str, Any]) -> bool:
+    """Whether a checkpoint names its tokenizer (ours do; the reference trainer's do not)."""
+    return isinstance(state.get("tokenizer_json"), str) or isinstance(state.get("tokenizer_spec"), str)
+
+
 def tokenizer_from_record(state: dict[str, Any]):
     """The tokenizer a checkpoint carries (`tokenizer_json` or `tokenizer_spec`), or None (a reference one)."""
     from kssm_core.training.data import Tokenizer

@@ -37,7 +37,9 @@ from kssm_core.runfolder.events import STEP_HEADER, EventWriter, TextLog, format
 from kssm_core.runfolder.foreign import foreign_run
 from kssm_core.runfolder.lock import LOCK_NAME, LockHeld, RunLock, lock_state, read_lock
 from kssm_core.model.shapes import ShapeError, checkpoint_model_config, clean_state_dict, describe, load_error_line, same_body
-from kssm_core.training.tokenizer_choice import TokenizerError, hint_for_vocab, resolve_tokenizer, tokenizer_from_record
+from kssm_core.training.tokenizer_choice import (
+    TokenizerError, has_tokenizer_record, hint_for_vocab, resolve_tokenizer, tokenizer_from_record,
+)
 from kssm_core.model.kssm import KSSM
 from kssm_core.training.precision import autocast, resolve_precision
 from kssm_core.training.rng import rng_for_rank, set_rng_state
@@ -257,10 +259,10 @@ class Trainer:
             return self.requested.tokenizer and f"--tokenizer {self.requested.tokenizer}"
         try:
             state = ckpt.load_checkpoint(weights, mmap=True)
-            if tokenizer_from_record(state) is not None:
+            if has_tokenizer_record(state):
                 return None
             return hint_for_vocab(checkpoint_model_config(state)[0].vocab_size).split(" (")[0]
-        except (ckpt.CheckpointError, ShapeError, CorpusError):
+        except (ckpt.CheckpointError, ShapeError):
             return "--tokenizer SPEC"
 
     def _find_resumable(self) -> tuple[ckpt.FoundCheckpoint | None, dict | None]:
@@ -463,7 +465,7 @@ class Trainer:
             init_cfg, _source = checkpoint_model_config(state, bistable=not cfg.monostable)
         except ShapeError as exc:
             raise _Refusal(f"{cfg.init_from}: {exc}") from exc
-        if not cfg.tokenizer and tokenizer_from_record(state) is None:  # a reference checkpoint embeds none
+        if not cfg.tokenizer and not has_tokenizer_record(state):  # a reference checkpoint embeds none
             raise _Refusal(f"{cfg.init_from} holds no tokenizer (not written by kssm): pass "
                            f"{hint_for_vocab(init_cfg.vocab_size)}")
         return state, init_cfg

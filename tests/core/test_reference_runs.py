@@ -94,6 +94,7 @@ def test_the_fixtures_are_the_reference_trainers_bytes():
 
 def test_a_reference_folder_is_foreign_and_ours_is_not(refs, tmp_path):
     from kssm_core.runfolder.foreign import foreign_run
+    from kssm_core.training import checkpoint as ckpt
 
     crashed = foreign_run(refs["crashed"])
     assert crashed.whole and sorted(p.name for p in crashed.files) == [
@@ -110,6 +111,13 @@ def test_a_reference_folder_is_foreign_and_ours_is_not(refs, tmp_path):
     stray = foreign_run(ours)
     assert not stray.whole and [p.name for p in stray.files] == ["best_model.pt"]
     assert foreign_run(ours, check_formats=False) is None  # the cheap test reads names only
+    copied = tmp_path / "copied"  # only our own checkpoint, copied into a new folder to resume there
+    copied.mkdir()
+    ckpt.atomic_save({"format": ckpt.CHECKPOINT_FORMAT, "step": 6, "model_state": {}}, copied / "checkpoint_6.pt")
+    assert foreign_run(copied) is None
+    assert foreign_run(copied, check_formats=False) is not None  # names alone cannot tell: foreign, to be safe
+    shutil.copy(refs["finished"] / "best_model.pt", copied / "best_model.pt")
+    assert foreign_run(copied).whole
 
 
 # ---- 1. never modify what this project did not write --------------------------------------------------------
