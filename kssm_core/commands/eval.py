@@ -98,13 +98,13 @@ def run(args: argparse.Namespace) -> int:
     except EvalError as exc:
         return refuse(str(exc))
     run_dir = Path(args.out) if args.out else Path(args.model).parent
-    if not args.out:  # after the load: a bad model file is the first thing to say
-        from kssm_core.runfolder.foreign import foreign_run
+    from kssm_core.runfolder.foreign import foreign_run
 
-        foreign = foreign_run(run_dir)
-        if foreign is not None:  # another trainer's folder: its files, not ours to add to
-            return refuse(f"{run_dir} holds {foreign.what()}: kssm writes nothing into it; "
-                          f"add --out DIR for the results (e.g. --out {run_dir.parent / (run_dir.name + '-eval')})")
+    foreign = foreign_run(run_dir)  # after the load: a bad model file is the first thing to say
+    if foreign is not None:  # another trainer's folder: its files, not ours to add to
+        flag = "pass another --out DIR" if args.out else "add --out DIR"
+        return refuse(f"{run_dir} holds {foreign.what()}: kssm writes nothing into it; {flag} for the results "
+                      f"(e.g. --out {run_dir.parent / (run_dir.name + '-eval')})")
     if args.threads is not None:
         if args.threads < 1:
             return refuse(f"--threads must be >= 1, got {args.threads}")

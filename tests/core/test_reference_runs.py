@@ -141,6 +141,7 @@ def test_every_command_leaves_a_reference_run_byte_for_byte(refs, name, tmp_path
         (["clean", str(d), "--yes"], 0),
         (["clean", str(d), "--yes", "--keep", "0"], 0),
         (["eval", "benchmark", "--model", str(d / "best_model.pt"), "--tokenizer", "chars", *EVAL_SMALL], 2),
+        (["eval", "samples", "--model", str(d / "best_model.pt"), "--tokenizer", "chars", "--out", str(d), *EVAL_SMALL], 2),
         (["status", str(d)], None),
         (["status", str(d), "--json"], None),
         (["data", "check", "--tokenizer", "chars", "--data-dir", str(tmp_path / "cache"), "--sample-tokens", "20"], 0),
