@@ -94,9 +94,13 @@ class TrainConfig:
 
     output_dir: str = "results/stage1"
     max_steps: int = 100
-    preset: str = "tiny"
+    preset: str | None = "tiny"
+    """Model size. None: with init_from, the checkpoint's own shape (read from its tensors); else tiny."""
     corpus: str | None = None
     """A .txt file, a folder of .txt files, a .jsonl file with a `text` field; None = embedded default."""
+    tokenizer: str | None = None
+    """None: a byte-level BPE trained on the corpus; else a tokenizers JSON file, `chars` (the reference's
+    character fallback) or `tiktoken:NAME` (kssm_core.training.tokenizer_choice)."""
     data_dir: str = "data/cache"
     """Where token caches and tokenizers live (one sub-folder per corpus + vocabulary)."""
     vocab_size: int | None = None
@@ -134,7 +138,7 @@ class TrainConfig:
 
     def resolve(self) -> "TrainConfig":
         """Fill every None with the preset's or the schedule's default and validate."""
-        if self.preset not in PRESETS:
+        if self.preset is not None and self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
         if self.max_steps < 1:
             raise ValueError(f"--max-steps must be >= 1, got {self.max_steps}")
@@ -142,9 +146,14 @@ class TrainConfig:
             raise ValueError(f"--learning-rate must be > 0, got {self.learning_rate}")
         if self.lambda_reg < 0:
             raise ValueError(f"--lambda-reg must be >= 0, got {self.lambda_reg}")
-        p = PRESETS[self.preset]
         c = dataclasses.replace(self)
-        c.vocab_size = c.vocab_size or p.vocab_size
+        if c.preset is None and not c.init_from:
+            c.preset = "tiny"
+        p = PRESETS[c.preset or "tiny"]  # with the checkpoint's shape, the training shape is still tiny's
+        if c.tokenizer and c.vocab_size:
+            raise ValueError("--vocab-size sizes the BPE trained on the corpus; with --tokenizer the vocabulary is "
+                             "the tokenizer's: drop one of them")
+        c.vocab_size = None if c.tokenizer else (c.vocab_size or p.vocab_size)
         c.batch_size = c.batch_size or p.batch_size
         c.grad_accum = c.grad_accum or p.grad_accum
         c.seq_len = c.seq_len or p.seq_len

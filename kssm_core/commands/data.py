@@ -19,6 +19,7 @@ def register(sub) -> None:
     c.add_argument("--data-dir", default="data/cache")
     c.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     c.add_argument("--vocab-size", type=int)
+    c.add_argument("--tokenizer", metavar="SPEC", help="as for kssm train: a tokenizers JSON file, chars or tiktoken:NAME")
     c.add_argument("--sample-tokens", type=int, default=100)
     c.set_defaults(func=check)
 
@@ -26,17 +27,19 @@ def register(sub) -> None:
 def check(args: argparse.Namespace) -> int:
     from kssm_core.training.corpus import CorpusError, load_corpus
     from kssm_core.training.data import prepare_tokens
+    from kssm_core.training.tokenizer_choice import resolve_tokenizer
 
     try:
+        given = resolve_tokenizer(args.tokenizer) if args.tokenizer else None
         corpus = load_corpus(args.corpus)
-        data = prepare_tokens(corpus, args.data_dir, args.vocab_size or PRESETS[args.preset].vocab_size)
+        data = prepare_tokens(corpus, args.data_dir, args.vocab_size or PRESETS[args.preset].vocab_size, tokenizer=given)
     except CorpusError as exc:
         print(f"kssm data check: {exc}", file=sys.stderr)
         return 1
     train, val = data.train, data.val
     print(f"corpus:     {corpus.name} ({len(corpus.documents):,} documents, {corpus.n_chars:,} characters)")
     print(f"cache:      {data.folder}")
-    print(f"tokenizer:  {data.tokenizer.path} (vocabulary {data.vocab_size:,}, sha256 {data.tokenizer.sha256()})")
+    print(f"tokenizer:  {data.tokenizer.path or data.tokenizer.spec} (vocabulary {data.vocab_size:,}, sha256 {data.tokenizer.sha256()})")
     print(f"train:      {len(train):,} tokens")
     print(f"val:        {len(val):,} tokens")
     head = np.asarray(train[: args.sample_tokens])

@@ -27,10 +27,11 @@ def register(sub) -> None:
     p = sub.add_parser("eval", help="run the final validation suite on a model (results in RUN_DIR/eval/)")
     p.add_argument("suite", choices=SUITE_NAMES, metavar="SUITE", help=f"one of: {', '.join(SUITE_NAMES)}")
     p.add_argument("--model", required=True, metavar="PATH", help="checkpoint file, e.g. results/final/best_model.pt")
-    p.add_argument("--tokenizer", metavar="FILE",
-                   help="tokenizers JSON; needed for a reference checkpoint that embeds none")
-    p.add_argument("--out", metavar="DIR", help="run folder for the results (default: the model's folder); "
-                   "files go to DIR/eval/")
+    p.add_argument("--tokenizer", metavar="SPEC",
+                   help="a tokenizers JSON file, 'chars' (the reference's character fallback) or 'tiktoken:NAME'; "
+                        "needed for a reference checkpoint that embeds none")
+    p.add_argument("--out", metavar="DIR", help="run folder for the results (default: the model's folder, unless "
+                   "another trainer wrote it: kssm writes nothing there); files go to DIR/eval/")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="default: auto")
     p.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: 1 for a model under "
@@ -96,6 +97,14 @@ def run(args: argparse.Namespace) -> int:
         loaded = load_model(args.model, device, args.tokenizer)
     except EvalError as exc:
         return refuse(str(exc))
+    run_dir = Path(args.out) if args.out else Path(args.model).parent
+    from kssm_core.runfolder.foreign import foreign_run
+
+    foreign = foreign_run(run_dir)  # after the load: a bad model file is the first thing to say
+    if foreign is not None:  # another trainer's folder: its files, not ours to add to
+        flag = "pass another --out DIR" if args.out else "add --out DIR"
+        return refuse(f"{run_dir} holds {foreign.what()}: kssm writes nothing into it; {flag} for the results "
+                      f"(e.g. --out {run_dir.parent / (run_dir.name + '-eval')})")
     if args.threads is not None:
         if args.threads < 1:
             return refuse(f"--threads must be >= 1, got {args.threads}")
@@ -103,7 +112,6 @@ def run(args: argparse.Namespace) -> int:
     elif (device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ
           and loaded.model.num_parameters() < SMALL_MODEL_PARAMS):
         torch.set_num_threads(1)
-    run_dir = Path(args.out) if args.out else Path(args.model).parent
     eval_dir = run_dir / "eval"
     if eval_dir.is_symlink():
         return refuse(f"{eval_dir} is a symlink; results are only written into a real folder")

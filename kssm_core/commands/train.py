@@ -16,9 +16,18 @@ def register(sub) -> None:
     p.add_argument("--max-steps", type=int, help="optimiser steps to train to (default: the stage's target, or 100)")
     p.add_argument("--output-dir", help="run folder (default: RUNS_ROOT/<stage folder>)")
     p.add_argument("--resume", action="store_true", default=None, help="continue from the newest loadable checkpoint")
-    p.add_argument("--init-from", metavar="CKPT", help="start from an earlier stage's weights (fresh optimiser)")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="model size (default: tiny)")
+    p.add_argument("--init-from", metavar="CKPT", help="start from an earlier stage's weights (fresh optimiser); "
+                   "also a reference trainer's checkpoint_N.pt / best_model.pt")
+    p.add_argument("--preset", choices=sorted(PRESETS),
+                   help="model size (default: tiny; with --init-from, the checkpoint's own shape)")
     p.add_argument("--corpus", help=".txt file, folder of .txt files, or .jsonl with a text field (default: embedded)")
+    p.add_argument("--tokenizer", metavar="SPEC",
+                   help="a tokenizers JSON file, 'chars' (the reference's character fallback, 256 ids) or "
+                        "'tiktoken:NAME' (only if tiktoken and its encoding file are already here; never downloaded). "
+                        "Default: a BPE trained on the corpus")
+    p.add_argument("--adopt", action="store_true",
+                   help="the output folder holds a run another trainer wrote: move its files to previous/<UTC time>/ "
+                        "first (without it kssm refuses to write there)")
     p.add_argument("--data-dir", help="token cache folder (default: data/cache)")
     p.add_argument("--vocab-size", type=int, help="BPE vocabulary size (default: the preset's)")
     p.add_argument("--seed", type=int)
@@ -50,7 +59,7 @@ FIELDS = (
     "max_steps", "output_dir", "resume", "init_from", "preset", "corpus", "data_dir", "vocab_size", "seed", "device",
     "learning_rate", "lambda_reg", "batch_size", "grad_accum", "seq_len", "warmup_steps", "log_interval",
     "eval_interval", "save_interval", "eval_batches", "keep_checkpoints", "monostable", "heartbeat_seconds", "stage",
-    "precision",
+    "precision", "tokenizer",
 )
 
 
@@ -64,6 +73,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
         if st is not None:
             explicit.setdefault("stage", st.number)
     st = st or stage(1)
+    if "init_from" in explicit and "preset" not in explicit:
+        explicit["preset"] = None  # the checkpoint's own shape (kssm_core.model.shapes)
     explicit.setdefault("max_steps", st.steps)
     explicit.setdefault("output_dir", str(Path(args.runs_root) / st.output_dir))
     if args.stage:
@@ -107,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
     dist = distributed.Dist.init_from_env()  # a torchrun worker joins its job; otherwise one process
     try:
         echo = None if args.quiet or not dist.is_main else sys.stdout
-        return train(cfg, echo=echo, overrides=overrides, dist=dist, sink=sink if dist.is_main else None)
+        return train(cfg, echo=echo, overrides=overrides, dist=dist, sink=sink if dist.is_main else None,
+                     adopt=bool(getattr(args, "adopt", False)))
     finally:
         dist.teardown()
 

@@ -3,6 +3,8 @@
 `kssm unlock --force DIR` also removes a lock held on ANOTHER host, or one that cannot be read as a lock
 (a directory, FIFO, symlink, damaged file): nothing here can prove such a lock stale, so a person decides.
 It prints exactly what it removes first, and still refuses a live lock on this host.
+A lock in a folder another trainer wrote (kssm_core.runfolder.foreign) is never removed, even with --force:
+`kssm train --adopt` moves it aside with the rest of that run.
 Exit codes: 0 removed (or no lock), 1 refused, 2 usage error (DIR is not a folder).
 """
 
@@ -38,6 +40,14 @@ def run(args: argparse.Namespace) -> int:
         what = "not a folder" if run_dir.exists() else "no such folder"
         print(f"kssm unlock: {run_dir}: {what} (give a run folder, e.g. results/stage1)", file=sys.stderr)
         return EXIT_USAGE
+    from kssm_core.runfolder.foreign import foreign_run
+
+    foreign = foreign_run(run_dir)
+    if foreign is not None and os.path.lexists(run_dir / "training.lock"):  # a symlinked lock counts too
+        _, reason = lock_state(read_lock(run_dir))
+        print(f"kssm unlock: {run_dir} holds {foreign.what()}: its training.lock ({reason}) is left as it is; "
+              f"kssm train --output-dir {run_dir} --adopt moves it to previous/ with the rest", file=sys.stderr)
+        return 1
     if args.force and lock_state(read_lock(run_dir))[0] == "foreign":
         return _force(run_dir)
     try:

@@ -7,7 +7,6 @@ hostile file is refused before anything in it can run. Every failure is one Eval
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,8 @@ from kssm_core.training.checkpoint import CheckpointError, load_checkpoint
 from kssm_core.config import ModelConfig
 from kssm_core.training.corpus import CorpusError
 from kssm_core.training.data import Tokenizer
+from kssm_core.training.tokenizer_choice import hint_for_vocab, resolve_tokenizer, tokenizer_from_record
+from kssm_core.model import shapes
 from kssm_core.model.kssm import KSSM
 
 
@@ -40,36 +41,12 @@ class LoadedModel:
         return cfg if isinstance(cfg, dict) else {}
 
 
-_PREFIXES = ("_orig_mod.", "module.")  # torch.compile and DistributedDataParallel wrappers
-
-
-def _clean_keys(sd: dict[str, Any]) -> dict[str, torch.Tensor]:
-    out = {}
-    for key, value in sd.items():
-        if not isinstance(value, torch.Tensor):
-            continue
-        for prefix in _PREFIXES:
-            while key.startswith(prefix):
-                key = key[len(prefix):]
-        out[key] = value
-    return out
-
-
 def infer_model_config(sd: dict[str, torch.Tensor]) -> ModelConfig:
-    """The architecture a reference `model_state` implies: V, D from embed.weight, L from the block indices,
-    N from omega_0, H from the readout's 3H inputs, the position table from pos_embed. Bistable is assumed."""
+    """The architecture a reference `model_state` implies (kssm_core.model.shapes). Bistable is assumed."""
     try:
-        vocab, d_model = sd["embed.weight"].shape
-        layers = {int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))}
-        n_osc = sd["blocks.0.oscillators.omega_0"].shape[0]
-        three_h = sd["blocks.0.oscillators.readout.weight"].shape[1]
-        max_seq = sd["pos_embed"].shape[1]
-    except (KeyError, ValueError, IndexError) as exc:
-        raise EvalError(f"cannot infer the architecture from model_state (missing or odd tensor: {exc})") from exc
-    if not layers or sorted(layers) != list(range(len(layers))) or three_h % 3:
-        raise EvalError("cannot infer the architecture from model_state (block indices or readout width look wrong)")
-    return ModelConfig(vocab_size=int(vocab), d_model=int(d_model), n_layers=len(layers), n_oscillators=int(n_osc),
-                       n_harmonics=int(three_h // 3), max_seq_len=int(max_seq))
+        return shapes.infer_model_config(shapes.clean_state_dict(sd))
+    except shapes.ShapeError as exc:
+        raise EvalError(str(exc)) from exc
 
 
 def _load_weights(model: KSSM, sd: dict[str, torch.Tensor], path: Path) -> None:
@@ -87,12 +64,15 @@ def _load_weights(model: KSSM, sd: dict[str, torch.Tensor], path: Path) -> None:
     try:
         model.load_state_dict(sd, strict=False)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        raise EvalError(f"{path}: weights do not fit the model's shapes ({first[-1].strip()[:160] if first else exc})") from exc
+        raise EvalError(f"{path}: weights do not fit {shapes.describe(model.cfg)} ({shapes.load_error_line(exc)})") from exc
 
 
-def load_model(path: str | Path, device: torch.device | str = "cpu", tokenizer_path: str | Path | None = None) -> LoadedModel:
-    """Load a checkpoint for evaluation (eval mode, on device). Raises EvalError with one line."""
+def load_model(path: str | Path, device: torch.device | str = "cpu", tokenizer: str | Path | None = None) -> LoadedModel:
+    """Load a checkpoint for evaluation (eval mode, on device). Raises EvalError with one line.
+
+    tokenizer: a --tokenizer spec (a tokenizers JSON file, chars, tiktoken:NAME); needed when the checkpoint
+    embeds none (the reference trainer's).
+    """
     path = Path(path)
     if path.is_dir():
         raise EvalError(f"{path} is a folder; pass the model file, e.g. {path / 'best_model.pt'}")
@@ -103,34 +83,21 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", tokenizer_p
     sd = state.get("model_state")
     if not isinstance(sd, dict):
         raise EvalError(f"{path}: model_state is not a dictionary of tensors")
-    sd = _clean_keys(sd)
-    mc = state.get("model_config")
-    if isinstance(mc, dict):
-        try:
-            cfg, source = ModelConfig.from_dict(mc), "kssm"
-        except (TypeError, ValueError) as exc:
-            raise EvalError(f"{path}: its model_config is invalid ({exc})") from exc
-    else:
-        cfg, source = infer_model_config(sd), "reference"
+    sd = shapes.clean_state_dict(sd)
+    try:
+        cfg, source = shapes.checkpoint_model_config(state)
+    except shapes.ShapeError as exc:
+        raise EvalError(f"{path}: {exc}") from exc
 
-    if tokenizer_path is not None:
-        try:
-            tok = Tokenizer.load(tokenizer_path)
-        except CorpusError as exc:
-            raise EvalError(str(exc)) from exc
-    else:
-        text = state.get("tokenizer_json")
-        if not isinstance(text, str):
-            raise EvalError(f"{path} holds no tokenizer (a reference checkpoint?); pass --tokenizer FILE (a tokenizers JSON)")
-        from tokenizers import Tokenizer as HFTokenizer
-
-        try:
-            tok = Tokenizer(HFTokenizer.from_str(text))
-        except Exception as exc:  # tokenizers raises a bare Exception
-            raise EvalError(f"{path}: its embedded tokenizer is damaged ({exc}); pass --tokenizer FILE") from exc
+    try:
+        tok = resolve_tokenizer(str(tokenizer)) if tokenizer is not None else tokenizer_from_record(state)
+    except CorpusError as exc:
+        raise EvalError(str(exc) if tokenizer is not None else f"{path}: {exc}") from exc
+    if tok is None:
+        raise EvalError(f"{path} holds no tokenizer (a reference checkpoint?); pass {hint_for_vocab(cfg.vocab_size)}")
     if tok.vocab_size > cfg.vocab_size:
         raise EvalError(f"the tokenizer has {tok.vocab_size:,} tokens but the model only {cfg.vocab_size:,}: "
-                        "pass the tokenizer the model was trained with (--tokenizer FILE)")
+                        f"pass the tokenizer the model was trained with ({hint_for_vocab(cfg.vocab_size)})")
 
     model = KSSM(cfg)
     _load_weights(model, sd, path)

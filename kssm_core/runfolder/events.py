@@ -93,12 +93,13 @@ class TextLog:
         self._echo = echo
         self._lock = threading.Lock()
 
-    def write(self, line: str) -> None:
+    def write(self, line: str, echo: bool = True) -> None:
+        """Append one line; echo=False keeps it out of the echo stream (a refusal goes to stderr instead)."""
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         with self._lock:
             self._fh.write(f"[{stamp}] {line}\n")
             self._fh.flush()
-            if self._echo is not None:
+            if echo and self._echo is not None:
                 try:
                     self._echo.write(line + "\n")
                     self._echo.flush()

@@ -59,10 +59,17 @@ def previous_run_files(run_dir: str | Path) -> list[Path]:
 def archive_previous_run(run_dir: str | Path, now: float | None = None) -> Path | None:
     """Move the previous run's files into run_dir/previous/<UTC timestamp>/; returns that folder, or None
     when there was no previous run. Raises ArchiveError (nothing moved yet) when previous/ is unusable."""
+    files = previous_run_files(run_dir)
+    return archive_files(run_dir, files, now) if files else None
+
+
+def archive_files(run_dir: str | Path, files: list[Path], now: float | None = None) -> Path:
+    """Rename `files` (entries directly in run_dir) into a new run_dir/previous/<UTC timestamp>/; returns it.
+
+    A file already gone (another trainer moved it first) is skipped. Raises ArchiveError, before anything
+    moves, when previous/ is a symlink or a file.
+    """
     root = Path(run_dir)
-    files = previous_run_files(root)
-    if not files:
-        return None
     base = root / ARCHIVE_DIR
     if base.is_symlink() or (base.exists() and not base.is_dir()):
         raise ArchiveError(f"{base} is not a real folder (a symlink or a file): move it away, then start again")
@@ -78,5 +85,8 @@ def archive_previous_run(run_dir: str | Path, now: float | None = None) -> Path 
             dest = base / f"{stamp}-{n}"
             n += 1
     for path in files:
-        os.rename(path, dest / path.name)  # a rename moves a symlink itself, never its target
+        try:
+            os.rename(path, dest / path.name)  # a rename moves a symlink itself, never its target
+        except FileNotFoundError:
+            continue
     return dest

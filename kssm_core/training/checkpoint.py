@@ -184,12 +184,15 @@ def free_bytes(folder: str | Path) -> int:
     return shutil.disk_usage(folder).free
 
 
-def prune(run_dir: str | Path, keep: int, protected_steps: frozenset[int]) -> list[Path]:
-    """Delete periodic checkpoints beyond the newest `keep`; milestones and best_model.pt stay."""
+def prune(run_dir: str | Path, keep: int, protected_steps: frozenset[int], deletable=None) -> list[Path]:
+    """Delete periodic checkpoints beyond the newest `keep`; milestones and best_model.pt stay.
+
+    deletable(path) -> bool, when given, must also agree (the trainer: only files kssm wrote).
+    """
     removed = []
     files = checkpoint_files(run_dir)
     for step, path in files[keep:]:
-        if step in protected_steps:
+        if step in protected_steps or (deletable is not None and not deletable(path)):
             continue
         path.unlink(missing_ok=True)
         removed.append(path)
@@ -212,7 +215,8 @@ def plan_clean(run_dir: str | Path, keep: int = 1) -> CleanPlan:
     """Which checkpoint_*.pt files `kssm clean` would delete, and why the others stay.
 
     Never best_model.pt, never the newest loadable checkpoint, never a symlink or anything
-    outside run_dir, never a file whose name is not checkpoint_{step}.pt. The top level only: the earlier
+    outside run_dir, never a file whose name is not checkpoint_{step}.pt, never a checkpoint kssm did not
+    write (nothing at all in another trainer's folder: kssm_core.runfolder.foreign). The top level only: the earlier
     runs a fresh start moved to run_dir/previous/ (kssm_core.training.archive) are never listed.
     """
     root = Path(run_dir)
@@ -222,6 +226,14 @@ def plan_clean(run_dir: str | Path, keep: int = 1) -> CleanPlan:
         raise CheckpointError(f"{run_dir}: not a folder")
     real_root = root.resolve()
     files = checkpoint_files(root)
+    from kssm_core.runfolder.foreign import foreign_run, is_ours
+
+    foreign = foreign_run(root)
+    if foreign is not None:  # another trainer's folder: kssm deletes nothing of it
+        keep_all = [(path, "written by another trainer (no events.jsonl here): kssm never deletes it") for _, path in files]
+        if (root / BEST_NAME).exists():
+            keep_all.append((root / BEST_NAME, "best model: never cleaned"))
+        return CleanPlan([], keep_all, {})
     newest_ok: Path | None = None
     keep_list: list[tuple[Path, str]] = []
     for _, path in files:
@@ -245,6 +257,9 @@ def plan_clean(run_dir: str | Path, keep: int = 1) -> CleanPlan:
         if path == newest_ok:
             kept_count += 1
             keep_list.append((path, "newest loadable checkpoint"))
+            continue
+        if is_ours(path) is False:  # loads, but without our format key: not kssm's to delete
+            keep_list.append((path, "not written by kssm (no kssm format key): never cleaned"))
             continue
         if kept_count < keep:
             kept_count += 1

@@ -1,7 +1,9 @@
 """Offline tokenizer, memory-mapped token cache, and a resumable batch order.
 
-Cache layout (one folder per corpus fingerprint and vocabulary size, under --data-dir):
-    tokenizer.json            byte-level BPE trained on this corpus (no network, reproducible)
+Cache layout (one folder per corpus fingerprint and tokenizer, under --data-dir):
+    tokenizer.json            byte-level BPE trained on this corpus (no network, reproducible), or the
+                              --tokenizer JSON file; for --tokenizer chars / tiktoken:NAME, tokenizer.spec
+                              holds that name instead (kssm_core.training.tokenizer_choice)
     tokens_train.npy          int32, memory-mapped
     tokens_val.npy            int32 (every 20th ~4 KB chunk: the reference's 95/5 split)
     tokens_train_meta.json    {"n_tokens", "vocab_size", "corpus", "fingerprint", ...}
@@ -27,10 +29,13 @@ EOT = "<|endoftext|>"
 VAL_EVERY = 20  # every 20th chunk goes to validation: a 95/5 split
 CHUNK_CHARS = 4000
 CACHE_VERSION = 2  # bump when the cache layout or the split changes
+SPEC_NAME = "tokenizer.spec"  # a cache built with --tokenizer chars / tiktoken:NAME names it here
 
 
 class Tokenizer:
     """Thin wrapper over a `tokenizers` byte-level BPE; built from the corpus, loaded from a file."""
+
+    spec = None  # what --tokenizer would name it: None (trained on the corpus) or the JSON file it came from
 
     def __init__(self, inner, path: Path | None = None):
         self._tok = inner
@@ -72,8 +77,8 @@ class Tokenizer:
         return self._tok.get_vocab_size()
 
     @property
-    def eot_id(self) -> int:
-        return self._tok.token_to_id(EOT)
+    def eot_id(self) -> int | None:
+        return self._tok.token_to_id(EOT)  # None for a given tokenizer without <|endoftext|>
 
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text).ids
@@ -86,6 +91,13 @@ class Tokenizer:
 
     def sha256(self) -> str:
         return hashlib.sha256(self._tok.to_str().encode("utf-8")).hexdigest()[:16]
+
+    def record(self) -> dict:
+        """What a checkpoint stores to rebuild it (kssm_core.training.tokenizer_choice.tokenizer_from_record)."""
+        return {"tokenizer_json": self._tok.to_str()}
+
+    def cache_tag(self) -> str:
+        return f"tok{self.sha256()[:12]}"
 
 
 @dataclass
@@ -103,22 +115,35 @@ class TokenData:
         return self.tokenizer.vocab_size
 
 
-def cache_folder(data_dir: str | Path, corpus: Corpus, vocab_size: int) -> Path:
+def cache_folder(data_dir: str | Path, corpus: Corpus, vocab_size: int, tokenizer=None) -> Path:
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(corpus.name).name)[:40] or "corpus"
-    return Path(data_dir) / f"{slug}-{corpus.fingerprint()}-bpe{vocab_size}-v{CACHE_VERSION}"
+    tag = f"bpe{vocab_size}" if tokenizer is None else tokenizer.cache_tag()
+    return Path(data_dir) / f"{slug}-{corpus.fingerprint()}-{tag}-v{CACHE_VERSION}"
 
 
-def prepare_tokens(corpus: Corpus, data_dir: str | Path, vocab_size: int, log=print) -> TokenData:
-    """Load the cache for this corpus and vocabulary, building it first when missing or damaged."""
-    folder = cache_folder(data_dir, corpus, vocab_size)
+def prepare_tokens(corpus: Corpus, data_dir: str | Path, vocab_size: int, log=print, tokenizer=None) -> TokenData:
+    """Load the cache for this corpus and tokenizer, building it first when missing or damaged.
+
+    tokenizer None: a byte-level BPE of vocab_size trained on the corpus; else the given one (--tokenizer),
+    kept in the cache as tokenizer.json (a JSON file) or tokenizer.spec (chars, tiktoken:NAME).
+    """
+    folder = cache_folder(data_dir, corpus, vocab_size, tokenizer)
     try:
         return load_tokens(folder)
     except (OSError, ValueError, KeyError, CorpusError):
         pass
     folder.mkdir(parents=True, exist_ok=True)
-    log(f"building token cache in {folder} ({corpus.n_chars:,} characters, vocabulary {vocab_size})")
-    tok = Tokenizer.train(corpus.documents, vocab_size)
-    tok.save(folder / "tokenizer.json")
+    size = vocab_size if tokenizer is None else tokenizer.vocab_size
+    log(f"building token cache in {folder} ({corpus.n_chars:,} characters, vocabulary {size})")
+    if tokenizer is None:
+        tok = Tokenizer.train(corpus.documents, vocab_size)
+        tok.save(folder / "tokenizer.json")
+    elif isinstance(tokenizer, Tokenizer):
+        tok = tokenizer
+        _atomic_write_bytes(folder / "tokenizer.json", tok._tok.to_str().encode("utf-8"))
+    else:
+        tok = tokenizer
+        _atomic_write_bytes(folder / SPEC_NAME, (tok.spec + "\n").encode("utf-8"))
     chunks = split_chunks(corpus.documents)
     train_docs = [d for i, d in enumerate(chunks) if i % VAL_EVERY != VAL_EVERY - 1]
     val_docs = [d for i, d in enumerate(chunks) if i % VAL_EVERY == VAL_EVERY - 1]
@@ -155,7 +180,12 @@ def split_chunks(documents: list[str], target_chars: int = CHUNK_CHARS) -> list[
 
 def load_tokens(folder: str | Path) -> TokenData:
     folder = Path(folder)
-    tok = Tokenizer.load(folder / "tokenizer.json")
+    if (folder / SPEC_NAME).is_file():  # chars or tiktoken:NAME (kssm_core.training.tokenizer_choice)
+        from kssm_core.training.tokenizer_choice import resolve_tokenizer
+
+        tok = resolve_tokenizer((folder / SPEC_NAME).read_text(encoding="utf-8").strip())
+    else:
+        tok = Tokenizer.load(folder / "tokenizer.json")
     arrays = {}
     meta = {}
     for split in ("train", "val"):
@@ -172,7 +202,8 @@ def _concat(tok: Tokenizer, docs: list[str]) -> np.ndarray:
     parts = []
     for ids in tok.encode_batch(docs):
         parts.append(np.asarray(ids, dtype=np.int32))
-        parts.append(np.asarray([eot], dtype=np.int32))
+        if eot is not None:  # a given tokenizer may have no end-of-text token: documents then simply join
+            parts.append(np.asarray([eot], dtype=np.int32))
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
 
 

@@ -137,7 +137,7 @@ class NullEventWriter:
 
 
 class NullTextLog:
-    def write(self, line: str) -> None: ...
+    def write(self, line: str, echo: bool = True) -> None: ...
 
     def close(self) -> None: ...
 
@@ -341,7 +341,7 @@ def finish_after_workers(run_dir: Path, since: float, code: int) -> int:
 
     started, status = _run_end_since(run_dir / "events.jsonl", since)
     if status is not None:
-        return {"completed": 0, "interrupted": 130}.get(status, 1)
+        return {"completed": 0, "interrupted": 130}.get(status, 2 if code == 2 else 1)  # 2: refused to start
     if not started:
         return code if code else 1
     writer = EventWriter(run_dir / "events.jsonl")

@@ -8,6 +8,8 @@ every earlier checkpoint intact.
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from typing import Any, Callable
 
@@ -15,6 +17,7 @@ from kssm_core.training import checkpoint as ckpt
 from kssm_core.config import STAGE_TARGETS, TrainConfig
 from kssm_core.training.distributed import Dist
 from kssm_core.training.rng import rng_state
+from kssm_core.runfolder.foreign import is_ours
 
 DISK_MARGIN_BYTES = 16 * 1024 * 1024
 
@@ -32,6 +35,36 @@ class CheckpointSaver:
         self.progress, self.events, self._say, self._warn = progress, events, say, warn
         self.last_bytes = last_bytes  # the newest checkpoint's size: the best guess for the next one
         self.saved_step = saved_step  # the newest step actually on disk
+        self._written: set[tuple[int, int]] = set()  # (st_dev, st_ino) of the files this saver wrote
+
+    def _identity(self, path: Path) -> tuple[int, int] | None:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        return (st.st_dev, st.st_ino) if stat.S_ISREG(st.st_mode) else (-1, -1)
+
+    def ours(self, path: Path) -> bool:
+        """May this saver replace or prune `path`? Yes when it wrote it, or when it is a regular file that is not
+        another program's checkpoint: ours from an earlier part of this run, or one too damaged to read (the
+        folder itself passed kssm_core.runfolder.foreign at start)."""
+        ident = self._identity(path)
+        if ident is None or ident in self._written:
+            return True
+        return ident != (-1, -1) and is_ours(path) is not False
+
+    def may_write(self, name: str) -> bool:
+        """Never replace a best_model.pt / checkpoint that kssm did not write (a symlink, another trainer's)."""
+        if self.ours(self.out / name):
+            return True
+        self._warn("foreign_file_kept", f"{name} in this folder was not written by kssm: left as it is, this save skipped",
+                   "move it away by hand, or train into another --output-dir")
+        return False
+
+    def _saved(self, name: str) -> None:
+        ident = self._identity(self.out / name)
+        if ident is not None:
+            self._written.add(ident)
 
     def state(self, step: int, best_val: float, rng_per_rank: list | None = None) -> dict[str, Any]:
         """Everything --resume needs for a bit-identical continuation (docs/run-folder.md)."""
@@ -50,7 +83,7 @@ class CheckpointSaver:
             "config": cfg_dict,
             "model_config": self.model.cfg.to_dict(),
             "tokenizer_sha256": self.data.tokenizer.sha256(),
-            "tokenizer_json": self.data.tokenizer._tok.to_str(),
+            **self.data.tokenizer.record(),  # tokenizer_json (a BPE) or tokenizer_spec (chars, tiktoken:NAME)
         }
 
     def has_room(self, name: str, estimate: int) -> bool:
@@ -81,17 +114,19 @@ class CheckpointSaver:
             self.dist.wait_for_main()
             self.progress.phase = "train"
             return
-        if self.has_room(name, self.estimate_bytes()):
+        if self.may_write(name) and self.has_room(name, self.estimate_bytes()):
             try:
                 nbytes = ckpt.atomic_save(self.state(step, best_val, rng_per_rank), self.out / name)
             except ckpt.DiskFull as exc:
                 self._warn("disk_full", str(exc), f"free space, e.g. `kssm clean {self.out}`")
             else:
+                self._saved(name)
                 self.last_bytes = nbytes
                 self.saved_step = step
                 self.events.emit("checkpoint", step=step, path=name, bytes=nbytes, best=False)
                 self._say(f"saved {name} ({nbytes / 1e6:.1f} MB)")
-                for path in ckpt.prune(self.out, self.cfg.keep_checkpoints, STAGE_TARGETS | {self.cfg.max_steps}):
+                for path in ckpt.prune(self.out, self.cfg.keep_checkpoints, STAGE_TARGETS | {self.cfg.max_steps},
+                                       deletable=self.ours):
                     self._say(f"pruned {path.name} (keeping the newest {self.cfg.keep_checkpoints})")
         self.progress.phase = "train"
         self.dist.wait_for_main()
@@ -106,14 +141,15 @@ class CheckpointSaver:
             "config": self.cfg.to_dict(),
             "model_config": self.model.cfg.to_dict(),
             "tokenizer_sha256": self.data.tokenizer.sha256(),
-            "tokenizer_json": self.data.tokenizer._tok.to_str(),
+            **self.data.tokenizer.record(),
         }
         estimate = sum(p.numel() * p.element_size() for p in self.model.parameters()) + 1_000_000
-        if not self.has_room(ckpt.BEST_NAME, estimate):
+        if not (self.may_write(ckpt.BEST_NAME) and self.has_room(ckpt.BEST_NAME, estimate)):
             return
         try:
             nbytes = ckpt.atomic_save(state, self.out / ckpt.BEST_NAME)
         except ckpt.DiskFull as exc:
             self._warn("disk_full", str(exc), f"free space, e.g. `kssm clean {self.out}`")
             return
+        self._saved(ckpt.BEST_NAME)
         self.events.emit("checkpoint", step=step, path=ckpt.BEST_NAME, bytes=nbytes, best=True, val_loss=val_loss)

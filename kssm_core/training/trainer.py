@@ -27,14 +27,19 @@ import numpy as np
 import torch
 
 from kssm_core.training import checkpoint as ckpt
-from kssm_core.training.archive import ArchiveError, archive_previous_run, previous_run_files
+from kssm_core.training.archive import ArchiveError, archive_files, archive_previous_run, previous_run_files
 from kssm_core.runfolder.atomic import atomic_write_bytes
 from kssm_core.config import STAGE_TARGETS, ModelConfig, TrainConfig, model_config_for
 from kssm_core.training.corpus import CorpusError, load_corpus
 from kssm_core.training.data import BatchSampler, Tokenizer, prepare_tokens, val_batches
 from kssm_core.training.distributed import SINGLE, Dist, NullEventWriter, NullTextLog, ShardSampler, split_batch
 from kssm_core.runfolder.events import STEP_HEADER, EventWriter, TextLog, format_step_line
+from kssm_core.runfolder.foreign import foreign_run
 from kssm_core.runfolder.lock import LOCK_NAME, LockHeld, RunLock, lock_state, read_lock
+from kssm_core.model.shapes import ShapeError, checkpoint_model_config, clean_state_dict, describe, load_error_line, same_body
+from kssm_core.training.tokenizer_choice import (
+    TokenizerError, has_tokenizer_record, hint_for_vocab, resolve_tokenizer, tokenizer_from_record,
+)
 from kssm_core.model.kssm import KSSM
 from kssm_core.training.precision import autocast, resolve_precision
 from kssm_core.training.rng import rng_for_rank, set_rng_state
@@ -96,6 +101,17 @@ def restore(found: ckpt.FoundCheckpoint, model: KSSM, opt, sched, sampler, dist:
     return int(found.state["step"]), float(found.state.get("best_val_loss", float("inf")))
 
 
+class _Refusal(Exception):
+    """The run cannot start as asked (a checkpoint or tokenizer that does not fit); the message is one line."""
+
+
+def one_line(text: str, limit: int = 400) -> str:
+    """A reason for run_end / training.log: its first non-empty line, cut to `limit` characters."""
+    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+    line = lines[0] if lines else str(text).strip()
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
 @dataclass
 class Progress:
     """What the heartbeat reports: where inside the current step the loop is."""
@@ -127,11 +143,13 @@ class StopFlag:
 
 class Trainer:
     def __init__(
-        self, cfg: TrainConfig, echo: TextIO | None = sys.stdout, overrides_on_resume: dict | None = None, dist: Dist | None = None,
-        sink=None,
+        self, cfg: TrainConfig, echo: TextIO | None = sys.stdout, overrides_on_resume: dict | None = None,
+        dist: Dist | None = None, sink=None, adopt: bool = False,
     ):
         self.sink = sink  # called with each run_start / step / eval / sample / run_end record (--tensorboard)
         self.requested = cfg
+        self.adopt = adopt  # --adopt: move a foreign run's files to previous/ instead of refusing (not a run setting)
+        self._found, self._recorded = None, None
         self.dist = dist or SINGLE  # torchrun workers: rank 0 alone writes the run folder
         self.echo = echo
         self.overrides = overrides_on_resume or {}
@@ -149,10 +167,17 @@ class Trainer:
         except OSError as exc:
             self._say(f"cannot create {self.out}: {exc.strerror}")
             return EXIT_REFUSED
+        main = self.dist.is_main
+        # Another program's run: nothing of it is touched (not even its lock) unless --adopt moves it aside.
+        refusal, adopted = self._foreign_gate() if main else (None, None)
+        if not self.dist.agree(refusal is None):
+            if refusal:
+                print(f"kssm train: {refusal}", file=sys.stderr)
+            return EXIT_REFUSED
         lock = RunLock(self.out)
         stale, refused = None, False
         try:
-            stale = lock.acquire() if self.dist.is_main else None
+            stale = lock.acquire() if main else None
         except LockHeld as exc:
             foreign = lock_state(read_lock(self.out))[0] == "foreign"  # nothing here can prove it stale
             self._say(str(exc) + (f" (if that trainer is gone for good: kssm unlock --force {self.out})" if foreign else ""))
@@ -163,11 +188,15 @@ class Trainer:
         if not self.dist.agree(not refused):  # every rank refuses when rank 0 could not take the lock
             lock.release()
             return EXIT_REFUSED
+        # What --resume would continue from: every rank reads it before rank 0 may move the folder's run aside.
+        self._found, self._recorded = self._find_resumable() if self.requested.resume else (None, None)
+        self.dist.agree(True)  # a barrier
         if install_signals:
             self.stop.install()
-        main = self.dist.is_main
         try:
-            archived = self._archive_previous_run() if main and not self.requested.resume else None
+            # A fresh start, or a --resume with nothing of ours to resume: the folder's old run moves aside first.
+            nothing_to_resume = self._found is None or self._found.step < 0
+            archived = self._archive_previous_run() if main and nothing_to_resume else None
         except (ArchiveError, OSError) as exc:
             self._say(f"cannot move the previous run in {self.out} aside: {getattr(exc, 'strerror', None) or exc}")
             lock.release()
@@ -180,6 +209,11 @@ class Trainer:
         hb = threading.Thread(target=self._heartbeat, name="kssm-heartbeat", daemon=True)
         hb.start()
         try:
+            if adopted is not None:
+                dest, names = adopted
+                self._warn("foreign_run_adopted",
+                           f"this folder held a run written by another trainer: moved {', '.join(names)} to {dest}",
+                           "nothing lost: its files are there byte for byte; kssm status and kssm clean now see only this run")
             if archived is not None:
                 self._warn("previous_run_archived", f"this folder held an earlier run: moved its files to {archived}",
                            "nothing lost; `kssm status` and `kssm clean` now see only this run")
@@ -203,13 +237,60 @@ class Trainer:
             self.events.close()
             self.log.close()
 
+    def _foreign_gate(self) -> tuple[str | None, tuple[Path, list[str]] | None]:
+        """(refusal line, None) for a foreign folder without --adopt; (None, (archive, names)) once --adopt moved
+        its files; (None, None) for a folder of ours. Runs before our lock: even a foreign lock stays untouched."""
+        found = foreign_run(self.out)
+        if found is None:
+            return None, None
+        if not self.adopt:
+            return found.refusal(self._tokenizer_hint(found.newest_weights())), None
+        state, reason = lock_state(read_lock(self.out))  # nothing moves while a trainer may be running here
+        if state == "live":
+            return f"cannot adopt {self.out}: its {LOCK_NAME} is {reason}: that trainer is still running; stop it first", None
+        if state == "foreign":
+            return f"cannot adopt {self.out}: {reason}; if its trainer is gone for good, move that lock away by hand", None
+        try:
+            dest = archive_files(self.out, found.files)
+        except (ArchiveError, OSError) as exc:
+            return f"cannot move the foreign run in {self.out} aside: {getattr(exc, 'strerror', None) or exc}", None
+        self._follow_moved(found.files, dest)
+        return None, (dest, [p.name for p in found.files])
+
+    def _tokenizer_hint(self, weights: Path | None) -> str | None:
+        """`--tokenizer chars` when the suggested checkpoint holds no tokenizer (a reference one), from its V."""
+        if weights is None or self.requested.tokenizer:
+            return self.requested.tokenizer and f"--tokenizer {self.requested.tokenizer}"
+        try:
+            state = ckpt.load_checkpoint(weights, mmap=True)
+            if has_tokenizer_record(state):
+                return None
+            return hint_for_vocab(checkpoint_model_config(state)[0].vocab_size).split(" (")[0]
+        except (ckpt.CheckpointError, ShapeError):
+            return "--tokenizer SPEC"
+
+    def _find_resumable(self) -> tuple[ckpt.FoundCheckpoint | None, dict | None]:
+        """The newest checkpoint --resume can continue from (step -1: only unusable ones), and, when there is
+        none, the settings this folder's run was started with."""
+        found = ckpt.newest_loadable(self.out, required=ckpt.RESUME_KEYS)
+        usable = found is not None and found.step >= 0
+        return found, (None if usable else recorded_config(self.out))
+
+    def _follow_moved(self, moved: list[Path], dest: Path) -> None:
+        """--init-from pointed at a file just moved to previous/: load it from its new place."""
+        init = self.requested.init_from
+        if init and os.path.abspath(init) in {os.path.abspath(p) for p in moved}:
+            self.requested = dataclasses.replace(self.requested, init_from=str(dest / Path(init).name))
+        rec = self._recorded
+        if rec and rec.get("init_from") and os.path.abspath(rec["init_from"]) in {os.path.abspath(p) for p in moved}:
+            rec["init_from"] = str(dest / Path(rec["init_from"]).name)
+
     def _archive_previous_run(self) -> Path | None:
         """A fresh start into a folder holding a run: move that run to previous/<UTC time>/ first."""
-        init = self.requested.init_from
-        moved = [os.path.abspath(p) for p in previous_run_files(self.out)]
+        moved = previous_run_files(self.out)
         dest = archive_previous_run(self.out)
-        if dest is not None and init and os.path.abspath(init) in moved:  # --init-from pointed into the old run
-            self.requested = dataclasses.replace(self.requested, init_from=str(dest / Path(init).name))
+        if dest is not None:
+            self._follow_moved(moved, dest)
         return dest
 
     def _say(self, line: str) -> None:
@@ -223,6 +304,7 @@ class Trainer:
         self._say(f"WARNING [{code}] {message} -> {advice}")
 
     def _end(self, status: str, reason: str, advice: str | None = None, step: int | None = None, **extra: Any) -> None:
+        reason = one_line(reason)
         self.events.emit("run_end", status=status, reason=reason, advice=advice,
                          step=step if step is not None else self.progress.step, **extra)
         self.events.sync()
@@ -239,13 +321,13 @@ class Trainer:
         cfg = self.requested
         found = None
         if cfg.resume:
-            found = ckpt.newest_loadable(self.out, required=ckpt.RESUME_KEYS)
+            found = self._found
             for line in (found.skipped if found else []):
                 self._warn("checkpoint_skipped", line, "resuming from an older checkpoint")
             if found is not None and found.step < 0:
                 found = None
             if found is None:
-                recorded = recorded_config(self.out)
+                recorded = self._recorded
                 if recorded is not None:  # killed before its first checkpoint: start over with the settings it had
                     cfg = self._with_overrides(TrainConfig.from_dict(recorded), cfg.output_dir)
                     start = f" from the original --init-from {cfg.init_from}" if cfg.init_from else " from step 0"
@@ -272,7 +354,10 @@ class Trainer:
         return saved
 
     def _run_locked(self) -> int:
-        cfg, found = self._resolve_config()
+        try:
+            cfg, found = self._resolve_config()
+        except ValueError as exc:  # the saved settings with this resume's flags do not validate
+            return self._refuse(str(exc))
         self.cfg = cfg
         try:
             device = self.dist.device(pick_device(cfg.device))
@@ -287,22 +372,31 @@ class Trainer:
 
         self.progress.phase = "data"
         try:
-            init_state = ckpt.load_checkpoint(cfg.init_from) if cfg.init_from and found is None else None
+            init_state, init_cfg = self._load_init(cfg) if cfg.init_from and found is None else (None, None)
             with self.dist.main_first():  # rank 0 builds the token cache, the others then load it
                 data = self._load_data(cfg, found.state if found is not None else init_state)
+        except _Refusal as exc:  # a checkpoint or tokenizer that cannot fit: one line, exit 2, no traceback
+            return self._refuse(str(exc))
         except (CorpusError, ckpt.CheckpointError) as exc:
             self._end("failed", str(exc), advice="check --corpus / --init-from, then `kssm data check`")
             return EXIT_FAILED
 
-        if found is not None:
-            model_cfg = ModelConfig.from_dict(found.state["model_config"])
-        elif init_state is not None and "model_config" in init_state:
-            model_cfg = ModelConfig.from_dict(init_state["model_config"])
-        else:
-            model_cfg = model_config_for(cfg.preset, data.vocab_size, bistable=not cfg.monostable)
-        model = KSSM(model_cfg).to(device)
-        if init_state is not None:
-            model.load_state_dict(init_state["model_state"])
+        try:
+            if found is not None:
+                model_cfg = ModelConfig.from_dict(found.state["model_config"])
+            elif init_cfg is not None:
+                model_cfg = self._fit_init(cfg, init_cfg, data.vocab_size)
+            else:
+                model_cfg = model_config_for(cfg.preset or "tiny", data.vocab_size, bistable=not cfg.monostable)
+            model = KSSM(model_cfg).to(device)
+            if init_state is not None:
+                try:
+                    model.load_state_dict(clean_state_dict(init_state["model_state"]))
+                except RuntimeError as exc:  # torch's message is one line per tensor: keep the first
+                    raise _Refusal(f"{cfg.init_from}: its weights do not fit {describe(model_cfg)} "
+                                   f"({load_error_line(exc)})") from exc
+        except _Refusal as exc:
+            return self._refuse(str(exc))
         opt = build_optimizer(model, cfg, device)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, cfg))
         try:
@@ -368,6 +462,43 @@ class Trainer:
         self._say(STEP_HEADER)
         return self._loop(step)
 
+    def _load_init(self, cfg: TrainConfig) -> tuple[dict, ModelConfig]:
+        """--init-from's state and architecture (its model_config, else read from its tensor shapes)."""
+        state = ckpt.load_checkpoint(cfg.init_from)
+        try:
+            init_cfg, _source = checkpoint_model_config(state, bistable=not cfg.monostable)
+        except ShapeError as exc:
+            raise _Refusal(f"{cfg.init_from}: {exc}") from exc
+        if not cfg.tokenizer and not has_tokenizer_record(state):  # a reference checkpoint embeds none
+            raise _Refusal(f"{cfg.init_from} holds no tokenizer (not written by kssm): pass "
+                           f"{hint_for_vocab(init_cfg.vocab_size)}")
+        return state, init_cfg
+
+    def _fit_init(self, cfg: TrainConfig, init_cfg: ModelConfig, vocab: int) -> ModelConfig:
+        """The model --init-from builds: the checkpoint's own shape; a typed --preset must agree with it."""
+        if cfg.preset is not None:
+            wanted = model_config_for(cfg.preset, vocab, bistable=init_cfg.bistable)
+            if not same_body(init_cfg, wanted):
+                raise _Refusal(f"{cfg.init_from} is {describe(init_cfg)}; --preset {cfg.preset} builds "
+                               f"{describe(wanted, vocab=False)}: drop --preset to take the checkpoint's")
+        if vocab > init_cfg.vocab_size:
+            raise _Refusal(f"the tokenizer has {vocab:,} tokens but {cfg.init_from} is {describe(init_cfg)}: "
+                           f"pass {hint_for_vocab(init_cfg.vocab_size)}")
+        if cfg.seq_len > init_cfg.max_seq_len:
+            raise _Refusal(f"--seq-len {cfg.seq_len} exceeds the position table of {cfg.init_from} "
+                           f"({init_cfg.max_seq_len} rows): use --seq-len {init_cfg.max_seq_len} or less")
+        return init_cfg
+
+    def _refuse(self, reason: str, advice: str | None = None) -> int:
+        """A run that cannot start as asked: one line in run_end.reason, training.log and stderr; exit 2."""
+        reason = one_line(reason)
+        self.events.emit("run_end", status="failed", reason=reason, advice=advice, step=self.progress.step)
+        self.events.sync()
+        self.log.write(f"RUN END: failed ({reason})" + (f" -> {advice}" if advice else ""), echo=False)
+        if self.dist.is_main:
+            print(f"kssm train: {reason}" + (f" ({advice})" if advice else ""), file=sys.stderr)
+        return EXIT_REFUSED
+
     def _load_data(self, cfg: TrainConfig, state: dict | None):
         if state is not None and state.get("config", {}).get("data_dir_resolved"):
             folder = Path(state["config"]["data_dir_resolved"])
@@ -378,11 +509,16 @@ class Trainer:
                     return load_tokens(folder)
                 except (OSError, ValueError, KeyError, CorpusError):
                     pass
+        try:
+            given = resolve_tokenizer(cfg.tokenizer) if cfg.tokenizer else None
+        except TokenizerError as exc:  # e.g. tiktoken:NAME without its encoding file here: never downloaded
+            raise _Refusal(str(exc)) from exc
         corpus = load_corpus(cfg.corpus)
-        data = prepare_tokens(corpus, cfg.data_dir, cfg.vocab_size, log=self._say)
+        data = prepare_tokens(corpus, cfg.data_dir, cfg.vocab_size, log=self._say, tokenizer=given)
         if state is not None and state.get("tokenizer_sha256") not in (None, data.tokenizer.sha256()):
             raise CorpusError(
-                "the corpus's tokenizer differs from the checkpoint's; pass the same --corpus and --data-dir as the original run"
+                "the corpus's tokenizer differs from the checkpoint's; pass the same --corpus, --data-dir and "
+                "--tokenizer as the original run"
             )
         self._say(f"data: {len(data.train):,} train / {len(data.val):,} val tokens from {corpus.name} ({data.folder})")
         return data
@@ -558,12 +694,10 @@ def recorded_config(run_dir: Path) -> dict | None:
 
 
 def train(cfg: TrainConfig, echo: TextIO | None = sys.stdout, overrides: dict | None = None, dist: Dist | None = None,
-          sink=None) -> int:
-    return Trainer(cfg, echo=echo, overrides_on_resume=overrides, dist=dist, sink=sink).run()
+          sink=None, adopt: bool = False) -> int:
+    return Trainer(cfg, echo=echo, overrides_on_resume=overrides, dist=dist, sink=sink, adopt=adopt).run()
 
 
 def tokenizer_from_checkpoint(state: dict[str, Any]) -> Tokenizer | None:
-    from tokenizers import Tokenizer as HFTokenizer
-
-    text = state.get("tokenizer_json")
-    return Tokenizer(HFTokenizer.from_str(text)) if isinstance(text, str) else None
+    """The tokenizer a checkpoint embeds (a BPE, chars, tiktoken:NAME), or None (a reference checkpoint)."""
+    return tokenizer_from_record(state)

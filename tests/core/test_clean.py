@@ -8,20 +8,25 @@ import sys
 
 import torch
 
-from kssm_core.training.checkpoint import atomic_save, plan_clean
+from kssm_core.training.checkpoint import CHECKPOINT_FORMAT, atomic_save, plan_clean
 from kssm_core.cli import main
 
 
 def make_run(folder, steps=(10, 20, 30, 40)):
+    """A run folder as our trainer leaves it: events.jsonl, checkpoints with our format key (kssm clean never
+    deletes a checkpoint without it, nor anything in a folder without events.jsonl: another trainer's)."""
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / "events.jsonl").write_text('{"event": "schema", "name": "kssm-events", "version": 1}\n')
     for s in steps:
-        atomic_save({"step": s, "model_state": {"w": torch.zeros(1000 + s)}}, folder / f"checkpoint_{s}.pt")
-    atomic_save({"step": 20, "model_state": {"w": torch.zeros(8)}, "val_loss": 1.0}, folder / "best_model.pt")
+        atomic_save({"format": CHECKPOINT_FORMAT, "step": s, "model_state": {"w": torch.zeros(1000 + s)}},
+                    folder / f"checkpoint_{s}.pt")
+    atomic_save({"format": CHECKPOINT_FORMAT, "step": 20, "model_state": {"w": torch.zeros(8)}, "val_loss": 1.0},
+                folder / "best_model.pt")
     return folder
 
 
 def names(folder):
-    return sorted(p.name for p in folder.iterdir())
+    return sorted(p.name for p in folder.iterdir() if p.name != "events.jsonl")
 
 
 def test_dry_run_deletes_nothing_and_lists_each_file_with_bytes(tmp_path, capsys):
@@ -169,7 +174,7 @@ def test_a_file_replaced_after_planning_is_not_deleted(tmp_path):
     run = make_run(tmp_path / "run")
     plan = plan_clean(run)
     # a resumed trainer rewrites checkpoint_20.pt (a new file renamed over the name) after the plan was made
-    atomic_save({"step": 20, "model_state": {"w": torch.ones(1020)}}, run / "checkpoint_20.pt")
+    atomic_save({"format": CHECKPOINT_FORMAT, "step": 20, "model_state": {"w": torch.ones(1020)}}, run / "checkpoint_20.pt")
     (run / "checkpoint_30.pt").unlink()  # and prune() removed another one: gone is fine
     freed, problems = execute_clean(plan)
     assert problems == ["checkpoint_20.pt: changed since it was listed; not deleted"]
@@ -211,6 +216,8 @@ def test_plan_checks_loadability_with_mmap(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ckpt, "load_checkpoint", spy)
     plan = plan_clean(run, keep=0)
-    assert calls == [("checkpoint_50.pt", True), ("checkpoint_40.pt", True)]
+    # each checkpoint is opened to find the newest loadable and to check it is kssm's: always mapped, never read whole
+    assert {name for name, _ in calls} >= {"checkpoint_50.pt", "checkpoint_40.pt"}
+    assert all(mmap for _, mmap in calls)
     assert (run / "checkpoint_40.pt", "newest loadable checkpoint") in plan.keep  # the truncated one failed
     assert run / "checkpoint_50.pt" in dict(plan.delete)

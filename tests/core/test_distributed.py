@@ -309,7 +309,7 @@ def test_worker_argv_round_trips_through_the_real_parser():
 
     parser = build_parser()
     argv = ["train", "--nproc", "2", "--stage", "2", "--runs-root", "r", "--resume", "--init-from", "a b.pt",
-            "--preset", "small", "--corpus", "c.txt", "--data-dir", "d", "--vocab-size", "512", "--seed", "3",
+            "--preset", "small", "--corpus", "c.txt", "--tokenizer", "chars", "--data-dir", "d", "--vocab-size", "512", "--seed", "3",
             "--device", "cpu", "--learning-rate", "0.0003", "--lambda-reg", "0.02", "--batch-size", "4",
             "--grad-accum", "2", "--seq-len", "64", "--warmup-steps", "5", "--log-interval", "2",
             "--eval-interval", "7", "--save-interval", "9", "--eval-batches", "3", "--keep-checkpoints", "4",

@@ -259,10 +259,14 @@ def test_reference_checkpoint_loads_with_tokenizer(model_path, loaded, tmp_path,
     assert "--tokenizer" in capsys.readouterr().err
     tok = tmp_path / "tokenizer.json"
     tok.write_text(state["tokenizer_json"])
+    # a folder another trainer wrote gets nothing from kssm: the results need a folder of their own
+    assert main(["eval", "samples", "--model", str(ref), "--tokenizer", str(tok), "--device", "cpu"]) == 2
+    assert "--out" in capsys.readouterr().err and sorted(p.name for p in ref.parent.iterdir()) == ["best_model.pt"]
+    out = tmp_path / "ref-eval"
     rc = main(["eval", "samples", "--model", str(ref), "--tokenizer", str(tok), "--device", "cpu", "--json",
-               "--gen-tokens", "4"])
+               "--gen-tokens", "4", "--out", str(out)])
     d = json.loads(capsys.readouterr().out)
-    assert rc in (0, 1) and d["step"] == 40 and (ref.parent / "eval" / "samples.json").exists()
+    assert rc in (0, 1) and d["step"] == 40 and (out / "eval" / "samples.json").exists()
     ref_loaded = load_model(ref, "cpu", tok)
     assert ref_loaded.source == "reference"
     assert ref_loaded.model.cfg == loaded.model.cfg  # every shape recovered from the tensors

@@ -404,7 +404,8 @@ def test_lock_that_cannot_be_created_is_a_one_line_refusal(tmp_path, data_dir, m
 
 def test_resume_skips_a_newest_checkpoint_that_holds_only_model_state(run_copy, data_dir):
     weights = load_checkpoint(run_copy / "checkpoint_6.pt")["model_state"]
-    ckpt.atomic_save({"step": 8, "model_state": weights}, run_copy / "checkpoint_8.pt")  # e.g. an export
+    ckpt.atomic_save({"format": ckpt.CHECKPOINT_FORMAT, "step": 8, "model_state": weights},
+                     run_copy / "checkpoint_8.pt")  # ours, but weights only
     r = run_kssm(*train_args(run_copy, data_dir, "--max-steps", "8", "--save-interval", "2", "--log-interval", "1",
                              "--eval-interval", "3", "--resume"))
     assert r.returncode == 0, r.stderr
@@ -414,6 +415,29 @@ def test_resume_skips_a_newest_checkpoint_that_holds_only_model_state(run_copy, 
     start = kinds(read_events(run_copy), "run_start")[-1]
     assert start["resumed_from"].endswith("checkpoint_6.pt") and start["start_step"] == 6
     assert "optimizer_state" in load_checkpoint(run_copy / "checkpoint_8.pt")  # rewritten, now resumable
+
+
+def test_a_checkpoint_kssm_did_not_write_is_never_overwritten(run_copy, data_dir):
+    """One without our format key among our run's: --resume refuses (one line, nothing written); --adopt moves
+    it to previous/ byte for byte, then resumes our run."""
+    weights = load_checkpoint(run_copy / "checkpoint_6.pt")["model_state"]
+    ckpt.atomic_save({"step": 8, "model_state": weights}, run_copy / "checkpoint_8.pt")  # another program's
+    foreign = (run_copy / "checkpoint_8.pt").read_bytes()
+    events = (run_copy / "events.jsonl").read_bytes()
+    args = train_args(run_copy, data_dir, "--max-steps", "8", "--save-interval", "2", "--log-interval", "1",
+                      "--eval-interval", "3", "--resume")
+    r = run_kssm(*args)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "checkpoint_8.pt" in r.stderr and "--adopt" in r.stderr and "--init-from" in r.stderr
+    assert (run_copy / "checkpoint_8.pt").read_bytes() == foreign and (run_copy / "events.jsonl").read_bytes() == events
+    r = run_kssm(*args, "--adopt")
+    assert r.returncode == 0, r.stderr
+    (moved,) = (run_copy / "previous").glob("*/checkpoint_8.pt")
+    assert moved.read_bytes() == foreign
+    (w,) = [e for e in kinds(read_events(run_copy), "warning") if e["code"] == "foreign_run_adopted"]
+    assert "checkpoint_8.pt" in w["message"]
+    assert kinds(read_events(run_copy), "run_start")[-1]["start_step"] == 6
+    assert load_checkpoint(run_copy / "checkpoint_8.pt")["format"] == ckpt.CHECKPOINT_FORMAT
 
 
 def test_config_json_is_written_without_following_a_planted_temp_symlink(tmp_path, data_dir):

@@ -225,7 +225,8 @@ async def test_u_refuses_a_live_lock_and_clears_a_stale_one(runs):
 async def test_c_lists_exactly_what_it_frees_with_cancel_focused(runs):
     d = write_run(stage_path(runs, 1), 1, 100)
     for step in (10, 20, 30):
-        torch.save({"model_state": {}, "step": step, "pad": torch.zeros(step * 10)}, d / f"checkpoint_{step}.pt")
+        torch.save({"format": "kssm-checkpoint/1", "model_state": {}, "step": step, "pad": torch.zeros(step * 10)},
+                   d / f"checkpoint_{step}.pt")  # kssm clean deletes only checkpoints with our format key
     (d / "best_model.pt").write_bytes(b"best")
     sizes = {n: (d / n).stat().st_size for n in ("checkpoint_10.pt", "checkpoint_20.pt")}
     app, _ = make_app(runs)

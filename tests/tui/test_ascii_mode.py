@@ -42,7 +42,7 @@ def test_every_screen_is_ascii_only_in_ascii_mode(runs, monkeypatch, ascii_flag)
     monkeypatch.setenv("KSSM_ASCII", ascii_flag)
     d = write_run(stage_path(runs, 1), 1, 100)
     for step in (10, 20, 30):  # something for the clean dialog to list
-        torch.save({"model_state": {}, "step": step}, d / f"checkpoint_{step}.pt")
+        torch.save({"format": "kssm-checkpoint/1", "model_state": {}, "step": step}, d / f"checkpoint_{step}.pt")
 
     async def scenario() -> dict[str, str]:
         app = KssmApp(runs, watch=False, tail_interval=0.1)
