@@ -183,12 +183,12 @@ class RunActions:
 
     def _plan_clean(self) -> None:
         """Thread: plan_clean loads checkpoints to find the newest good one (slow for big files)."""
-        from kssm_core.training.checkpoint import CheckpointError, plan_clean  # imports torch: only when cleaning
+        from kssm_core.runfolder.cleaning import CleanError, plan_clean
 
         run_dir = self.shown_dir()
         try:
             plan = plan_clean(run_dir)
-        except (CheckpointError, OSError) as exc:
+        except (CleanError, OSError) as exc:
             self.call_from_thread(self.say, f"cannot plan a clean of {run_dir}: {exc}", severity="error")
             return
         live = lock_state(read_lock(run_dir))[0] == "live"
@@ -210,7 +210,7 @@ class RunActions:
 
     def _execute_clean(self, run_dir: Path, plan) -> None:
         """Thread: deleting multi-GB files can take seconds on a network file system."""
-        from kssm_core.training.checkpoint import execute_clean
+        from kssm_core.runfolder.cleaning import execute_clean
 
         freed, problems = execute_clean(plan)
         text = f"freed {freed / 1e6:.1f} MB in {run_dir}"

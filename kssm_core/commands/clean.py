@@ -20,12 +20,12 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kssm_core.training.checkpoint import CheckpointError, execute_clean, plan_clean
+    from kssm_core.runfolder.cleaning import CleanError, execute_clean, plan_clean
     from kssm_core.runfolder.lock import lock_state, read_lock
 
     try:
         plan = plan_clean(args.run_dir, keep=max(0, args.keep))
-    except CheckpointError as exc:
+    except CleanError as exc:
         print(f"kssm clean: {exc}", file=sys.stderr)
         return 1
     for path, why in plan.keep:

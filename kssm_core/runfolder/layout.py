@@ -40,6 +40,20 @@ def checkpoint_step(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def checkpoint_files(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """(step, path) of checkpoint_{step}.pt regular files directly in run_dir, newest first. Symlinks are skipped."""
+    out = []
+    try:
+        entries = list(os.scandir(run_dir))
+    except FileNotFoundError:
+        return []
+    for entry in entries:
+        step = checkpoint_step(entry.name)
+        if step is not None and entry.is_file(follow_symlinks=False):
+            out.append((step, Path(entry.path)))
+    return sorted(out, reverse=True)
+
+
 def newest_checkpoint_file(run_dir: str | Path) -> tuple[int, str, int] | None:
     """(step, name, bytes) of the newest checkpoint_{step}.pt regular file directly in run_dir (no symlinks)."""
     best: tuple[int, str, int] | None = None

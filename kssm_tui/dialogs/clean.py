@@ -1,12 +1,12 @@
-"""The clean dialog: exactly the checkpoint files (and bytes) kssm_core.training.checkpoint.plan_clean would delete."""
+"""The clean dialog: exactly the checkpoint files (and bytes) kssm_core.runfolder.cleaning.plan_clean would delete."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # kssm_core.training.checkpoint imports torch; the dialog only reads the plan
-    from kssm_core.training.checkpoint import CleanPlan
+if TYPE_CHECKING:  # the dialog only reads the plan
+    from kssm_core.runfolder.cleaning import CleanPlan
 
 from .confirm import ConfirmDialog
 

@@ -8,7 +8,9 @@ import sys
 
 import torch
 
-from kssm_core.training.checkpoint import CHECKPOINT_FORMAT, atomic_save, plan_clean
+from kssm_core.runfolder import cleaning
+from kssm_core.runfolder.cleaning import plan_clean
+from kssm_core.training.checkpoint import CHECKPOINT_FORMAT, atomic_save
 from kssm_core.cli import main
 
 
@@ -140,7 +142,7 @@ def test_execute_clean_reports_undeletable_files_and_goes_on(tmp_path, monkeypat
     import errno
     import os
 
-    from kssm_core.training.checkpoint import execute_clean
+    from kssm_core.runfolder.cleaning import execute_clean
 
     run = make_run(tmp_path / "run")
     plan = plan_clean(run)
@@ -169,7 +171,7 @@ def test_kssm_clean_exits_1_with_one_stderr_line_per_undeletable_file(tmp_path, 
 
 
 def test_a_file_replaced_after_planning_is_not_deleted(tmp_path):
-    from kssm_core.training.checkpoint import execute_clean
+    from kssm_core.runfolder.cleaning import execute_clean
 
     run = make_run(tmp_path / "run")
     plan = plan_clean(run)
@@ -197,7 +199,7 @@ def test_plan_skips_a_file_removed_between_listing_and_stat(tmp_path, monkeypatc
     run = make_run(tmp_path / "run")
     listed = ckpt.checkpoint_files(run)
     (run / "checkpoint_10.pt").unlink()  # a live trainer's prune(), after the listing
-    monkeypatch.setattr(ckpt, "checkpoint_files", lambda _root: listed)
+    monkeypatch.setattr(cleaning, "checkpoint_files", lambda _root: listed)
     plan = plan_clean(run, keep=0)
     assert {p.name for p, _ in plan.delete} == {"checkpoint_20.pt", "checkpoint_30.pt"}
 

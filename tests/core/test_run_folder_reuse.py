@@ -10,7 +10,8 @@ import pytest
 from kssm_testkit import read_events, run_kssm, tiny_config, train_args
 from kssm_core.training import checkpoint as ckpt
 from kssm_core.training.archive import ARCHIVE_DIR, archive_previous_run
-from kssm_core.training.checkpoint import checkpoint_files, load_checkpoint, plan_clean
+from kssm_core.runfolder.cleaning import plan_clean
+from kssm_core.training.checkpoint import checkpoint_files, load_checkpoint
 from kssm_core.training.saving import DISK_MARGIN_BYTES
 from kssm_core.runbook.status import run_status
 from kssm_core.training.trainer import EXIT_COMPLETED, Trainer
