@@ -221,7 +221,14 @@ class RunLock:
 
 
 def unlock(run_dir: str | Path) -> str:
-    """Remove a stale lock; refuse a live or foreign one. Returns what happened, in one line."""
+    """Remove a stale lock; refuse a live or foreign one, and any lock in a folder another trainer wrote
+    (its files are never ours to delete). Returns what happened, in one line."""
+    from kssm_core.runfolder.foreign import foreign_run  # (foreign imports this module)
+
+    found = foreign_run(run_dir, check_formats=False)
+    if found is not None and os.path.lexists(Path(run_dir) / LOCK_NAME):
+        raise LockHeld(f"refusing to remove {Path(run_dir) / LOCK_NAME}: {run_dir} holds {found.what()}; "
+                       "kssm never deletes its files")
     info = read_lock(run_dir)
     state, reason = lock_state(info)
     if state == "none":
