@@ -207,12 +207,13 @@ class LinearCE:
     grad_h_bound: torch.Tensor
     grad_w_bound: torch.Tensor
 
-    def checks(self, loss, grad_h=None, grad_w=None, prefix: str = "") -> list[Check]:
-        out = [elementwise(prefix + "loss", loss, self.loss, self.loss_bound)]
+    def checks(self, loss, grad_h=None, grad_w=None, prefix: str = "", factor: float = 1.0) -> list[Check]:
+        """`factor` 2: the result is compared with another rounded evaluation (float64 against float64)."""
+        out = [elementwise(prefix + "loss", loss, self.loss, factor * self.loss_bound)]
         if grad_h is not None:
-            out.append(elementwise(prefix + "grad_h", grad_h, self.grad_h, self.grad_h_bound))
+            out.append(elementwise(prefix + "grad_h", grad_h, self.grad_h, factor * self.grad_h_bound))
         if grad_w is not None:
-            out.append(elementwise(prefix + "grad_w", grad_w, self.grad_w, self.grad_w_bound))
+            out.append(elementwise(prefix + "grad_w", grad_w, self.grad_w, factor * self.grad_w_bound))
         return out
 
 
@@ -406,10 +407,19 @@ class ModelSplit:
     total: torch.Tensor  # the loss
     terms: torch.Tensor  # [T] per-token contributions: their gradients sum to the loss's
     value_scale: float  # sum_t |CE_t| / T + lambda |reg terms|: the loss's summands
+    ce_scale: float  # sum_t |CE_t| / T
     R_scale: torch.Tensor  # [L, B, S] |R| per token
     u_scale: torch.Tensor  # [L, B, S] |u| per token
     grad_scale: dict[str, torch.Tensor]  # parameter name -> sum_t |token t's contribution|
     theta_max: float  # max |theta| over every bank (theta_bound)
+
+
+def reg_magnitude(cfg, p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """|terms| of a bank's reg = lambda1 / (mean|delta| + eps) + lambda2 (-log mean u), from its p = to_params(h)
+    and its (clamped) u: two terms of one sign each inside (means of |delta| and of u > 0)."""
+    _a, b, c, _d, _e, f, g, *_ = p.detach().unbind(-1)
+    return (cfg.lambda1 / ((b * g - c * f).abs().mean() + 1e-5)
+            + cfg.lambda2 * torch.log(u.detach().mean().clamp(min=1e-5)).abs())
 
 
 def float64_copy(module: torch.nn.Module) -> torch.nn.Module:
@@ -460,16 +470,13 @@ def model_token_terms(model, idx: torch.Tensor, targets: torch.Tensor, lambda_re
     leaves = [p for _, p in m64.named_parameters()]
     full = torch.autograd.grad(total, leaves, retain_graph=True, allow_unused=True)
     sums = token_abs_sums(terms, leaves, full)
-    reg_abs = []
-    for bank, p in zip(banks, params):  # reg = l1 / (mean|delta| + eps) + l2 (-log mean u): its two terms
-        a, b, c, _d, e, f, g, *_ = p.detach().unbind(-1)
-        reg_abs.append(bank.cfg.lambda1 / ((b * g - c * f).abs().mean() + 1e-5)
-                       + bank.cfg.lambda2 * torch.log(bank.last.u.detach().mean().clamp(min=1e-5)).abs())
+    reg_abs = [reg_magnitude(bank.cfg, p, bank.last.u) for bank, p in zip(banks, params)]
     theta = max(theta_bound(b.omega_0.detach(), h.detach().mean(-1), float(b.delta_param.detach().abs()) + 1e-5
                             if b.noise else 0.0, draws.max_abs) for b, h in zip(banks, inputs))
     return ModelSplit(
         total=total.detach(), terms=terms.detach(),
         value_scale=float(ce_t.detach().abs().mean() + lambda_reg * torch.stack(reg_abs).mean()),
+        ce_scale=float(ce_t.detach().abs().mean()),
         R_scale=torch.stack([b.last.R.detach().abs() for b in banks]),
         u_scale=torch.stack([b.last.u.detach().abs() for b in banks]),
         grad_scale={n: s for n, s in zip(names, sums) if s is not None},
@@ -484,3 +491,39 @@ def bank_terms(cfg, theta_max: float) -> int:
     return (phase_terms(cfg.n_oscillators, cfg.n_harmonics, theta_max)
             + phase_terms(cfg.n_oscillators, cfg.n_harmonics, theta_max, oracle=True)
             + 4 * (cfg.d_model + 3 * cfg.n_harmonics + 8))
+
+
+def kssm_loss_checks(model, idx: torch.Tensor, targets: torch.Tensor, lambda_reg: float = 0.01, seed: int = 13,
+                     logits: bool = False) -> list[Check]:
+    """KSSM.loss, production path against use_reference (naive banks, full-logits CE), both fp32 and from
+    the same RNG state: loss, CE, R, u and every parameter's gradient (and, with `logits`, the logits
+    read after the loss), each within the rounding bound of the two paths (model_terms) times the
+    magnitudes of a float64 oracle run split per token (model_token_terms)."""
+    from kssm_core.reference import use_reference
+
+    def run(ref: bool):
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(seed)
+        with use_reference(model) if ref else contextlib.nullcontext():
+            total, ce, out = model.loss(idx, targets, lambda_reg=lambda_reg)
+        total.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return total.detach(), ce.detach(), out, grads
+
+    t_ref, ce_ref, out_ref, g_ref = run(True)
+    t_fast, ce_fast, out_fast, g_fast = run(False)
+    split = model_token_terms(model, idx, targets, lambda_reg, seed)
+    per_token = model_terms(model.cfg, split.theta_max, 0)
+    summed = model_terms(model.cfg, split.theta_max, idx.numel() * model.cfg.n_oscillators)  # <= T*N terms
+    checks = [
+        normwise("loss", t_fast, t_ref, torch.tensor(split.value_scale), summed),
+        normwise("ce", ce_fast, ce_ref, torch.tensor(split.ce_scale), summed),
+        normwise("R", out_fast.R, out_ref.R, split.R_scale.mean(), summed),
+        normwise("u_val", out_fast.u_val, out_ref.u_val, split.u_scale.mean(), summed),
+        normwise("R_per_layer", out_fast.R_per_layer, out_ref.R_per_layer, split.R_scale, per_token),
+    ]
+    assert g_ref.keys() == g_fast.keys() == split.grad_scale.keys(), "the paths give different parameters a gradient"
+    checks += [normwise("grad " + n, g_fast[n], g_ref[n], split.grad_scale[n], summed) for n in g_ref]
+    if logits:
+        checks.append(normwise("logits", out_fast.logits, out_ref.logits, out_ref.logits.abs(), per_token))
+    return checks

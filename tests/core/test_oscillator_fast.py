@@ -12,7 +12,6 @@ chunk edge) are run through the same checks at the end of this file and must fai
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import math
 import textwrap
@@ -24,7 +23,7 @@ import torch
 from kssm_core import oscillator
 from kssm_core.config import PRESETS, ModelConfig, model_config_for
 from kssm_core.model import KSSM, KuramotoOscillatorBank, harmonic_means
-from kssm_core.reference import reference_bank_forward, reference_harmonic_means, use_reference
+from kssm_core.reference import reference_bank_forward
 
 
 def make_bank(preset: str, seed: int = 0, dtype=torch.float32) -> KuramotoOscillatorBank:
@@ -80,10 +79,8 @@ def magnitudes(bank, h0, seed: int = 123):
     leaves = [h, *(p for _, p in b64.named_parameters())]
     full = torch.autograd.grad(tok.sum() + tele.reg, leaves, retain_graph=True, allow_unused=True)
     sums = nm.token_abs_sums(terms, leaves, full)
-    a, b, c, _d, e, f, g, *_ = caps[0].detach().unbind(-1)
-    reg_terms = (b64.cfg.lambda1 / ((b * g - c * f).abs().mean() + 1e-5)
-                 + b64.cfg.lambda2 * torch.log(tele.u.detach().mean().clamp(min=1e-5)).abs())
-    scale = {"out": out.detach().abs(), "R": tele.R.detach().abs(), "u": tele.u.detach().abs(), "reg": reg_terms}
+    scale = {"out": out.detach().abs(), "R": tele.R.detach().abs(), "u": tele.u.detach().abs(),
+             "reg": nm.reg_magnitude(b64.cfg, caps[0], tele.u)}
     scale.update((k, v) for k, v in zip(["h", *names], sums) if v is not None)
 
     spread = float(b64.delta_param.detach().abs()) + 1e-5 if b64.noise else 0.0
@@ -310,35 +307,6 @@ def test_noise_same_draws_with_same_seed():
     assert (c - b).norm() > 1e-3 * b.norm()  # other draws: a difference far beyond any rounding
 
 
-def whole_model_checks(model, idx, tgt, lambda_reg: float = 0.01, seed: int = 13) -> list[nm.Check]:
-    """KSSM.loss, fast against use_reference (both fp32), every quantity within the rounding bound of the
-    two paths; magnitudes from a float64 oracle run split per token (numerics.model_token_terms)."""
-
-    def run(ref: bool):
-        model.zero_grad(set_to_none=True)
-        torch.manual_seed(seed)
-        with use_reference(model) if ref else contextlib.nullcontext():
-            total, ce, out = model.loss(idx, tgt, lambda_reg=lambda_reg)
-        total.backward()
-        return total.detach(), out, {n: p.grad.clone() for n, p in model.named_parameters()}
-
-    t_ref, out_ref, g_ref = run(True)
-    t_fast, out_fast, g_fast = run(False)
-    split = nm.model_token_terms(model, idx, tgt, lambda_reg, seed)
-    n_tok = idx.numel()
-    per_token = nm.model_terms(model.cfg, split.theta_max, 0)
-    summed = nm.model_terms(model.cfg, split.theta_max, n_tok * model.cfg.n_oscillators)  # <= T*N terms
-    checks = [
-        nm.normwise("loss", t_fast, t_ref, torch.tensor(split.value_scale), summed),
-        nm.normwise("R", out_fast.R, out_ref.R, split.R_scale.mean(), summed),
-        nm.normwise("u_val", out_fast.u_val, out_ref.u_val, split.u_scale.mean(), summed),
-        nm.normwise("R_per_layer", out_fast.R_per_layer, out_ref.R_per_layer, split.R_scale, per_token),
-    ]
-    assert g_ref.keys() == g_fast.keys() == split.grad_scale.keys()
-    checks += [nm.normwise("grad " + n, g_fast[n], g_ref[n], split.grad_scale[n], summed) for n in g_ref]
-    return checks
-
-
 def small_model(seed: int = 12):
     torch.manual_seed(seed)
     cfg = ModelConfig(vocab_size=97, d_model=64, n_layers=2, n_oscillators=24, n_harmonics=6, max_seq_len=32)
@@ -351,7 +319,7 @@ def small_model(seed: int = 12):
 def test_whole_model_loss_and_grads_match_oracle():
     """KSSM.loss end to end (every block's bank swapped for the oracle) agrees within the rounding bound."""
     model, idx, tgt = small_model()
-    nm.assert_within(whole_model_checks(model, idx, tgt))
+    nm.assert_within(nm.kssm_loss_checks(model, idx, tgt))
     # use_reference restored the production forward
     assert all("forward" not in vars(bank) for bank in model.banks)
 
@@ -401,7 +369,7 @@ def mutated(obj, old: str, new: str, occurrence: int = 1):
     for _ in range(occurrence):
         at = src.index(old, at + 1)  # ValueError if the kernel no longer reads this way
     namespace = dict(vars(oscillator))
-    exec(compile(src[:at] + new + src[at + len(old):], f"<mutated {obj.__name__}>", "exec"), namespace)
+    exec(compile(src[:at] + new + src[at + len(old):], f"<mutated {obj.__name__}>", "exec"), namespace)  # noqa: S102 (our own source)
     return namespace[obj.__name__]
 
 
@@ -443,7 +411,7 @@ def test_a_broken_model_fails_the_rounding_bound(monkeypatch):
     model, idx, tgt = small_model()
     obj, old, new, occurrence = BROKEN_KERNELS["wrong sign (Jacobian)"]
     monkeypatch.setattr(oscillator, obj.__name__, mutated(obj, old, new, occurrence))
-    worst = max(whole_model_checks(model, idx, tgt), key=lambda c: c.ratio)
+    worst = max(nm.kssm_loss_checks(model, idx, tgt), key=lambda c: c.ratio)
     assert worst.ratio > 3, worst  # measured 8.5: the shipped kernel sits at ~4e-3 of the same bound
 
 
