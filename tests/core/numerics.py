@@ -347,6 +347,18 @@ def theta_bound(omega: torch.Tensor, h_mean: torch.Tensor, spread: float = 0.0, 
     return float(omega.abs().max() + h_mean.abs().max()) + 2.0 + spread * xi_max
 
 
+def theta_terms(n_osc: int, theta_max: float) -> float:
+    """Absolute error of one mean-field step's theta, in units of u (see phase_terms): 4N + 12 theta_max + 32."""
+    return 4 * n_osc + 12 * theta_max + 32
+
+
+def z1_bound(n_osc: int, theta_max: float, extra_theta: float = 0.0, u: float = U32) -> float:
+    """Absolute fp32 error of Z_1 (so of R = |Z_1|, plus its square root's 4 roundings) after the phase
+    step: theta's error (sensitivity 1), z's, the N-term mean; `extra_theta` adds error already in the
+    step's inputs (units of u, e.g. the D-term mean of h)."""
+    return u * (theta_terms(n_osc, theta_max) + extra_theta + power_terms(1) + 2 * n_osc + 8 + 4)
+
+
 def phase_terms(n_osc: int, n_harm: int, theta_max: float, oracle: bool = False) -> int:
     """Roundings (units of u) that can pile up on one token's outputs and gradients in the fused phase
     step + readout (kssm_core.oscillator.phase_readout, forward and backward), relative to the
@@ -366,7 +378,7 @@ def phase_terms(n_osc: int, n_harm: int, theta_max: float, oracle: bool = False)
     from kssm_core.oscillator import split_harmonics
 
     p, q = split_harmonics(n_harm)
-    e_theta = 4 * n_osc + 12 * theta_max + 32
+    e_theta = theta_terms(n_osc, theta_max)
     sensitivity = n_harm * (e_theta + 6 + (theta_max if oracle else 0.0))
     forward = sensitivity + 2 * n_osc + 8
     backward = JACOBIAN_GAIN * (sensitivity + 2 * (p + q) + 3) + 3 * n_osc + 4 * (n_osc + 2 + theta_max) + n_osc

@@ -271,7 +271,7 @@ def test_kssm_loss_without_grad_matches_the_reference_path():
     total, ce, out = model.loss(idx, tgt, lambda_reg=0.2)
     torch.manual_seed(0)
     with use_reference(model):
-        total0, ce0, out0 = model.loss(idx, tgt, lambda_reg=0.2)
+        total0, ce0, _ = model.loss(idx, tgt, lambda_reg=0.2)
     with torch.enable_grad():
         split = nm.model_token_terms(model, idx, tgt, 0.2, seed=0)
     n_terms = nm.model_terms(model.cfg, split.theta_max, idx.numel())  # the loss sums T tokens
