@@ -16,14 +16,16 @@ run), never from the size of the result itself: a gradient summed over every tok
 The bounds are first order (products of two rounding errors, ~u^2, are left out) and worst case, so a
 correct kernel sits far inside them on every CPU (the tests print the ratio error / bound when they
 fail), while a real bug (a wrong sign, a missing term, a wrong chunk edge) errs by a fraction of the
-result, orders of magnitude beyond them: tests/core/test_numerics_catch_bugs.py runs deliberately
-broken kernels through the same checks and requires each to fail.
+result, orders of magnitude beyond them: the test_a_broken_* tests in test_oscillator_fast.py and
+test_fused_ce.py run deliberately broken kernels through the same checks and require each to fail.
 
-Here: `Check` and the two comparisons (`elementwise`, `normwise`), `token_abs_sums` (the per-token
-magnitude of a gradient summed over tokens), `fp32_noise` (a float64 oracle drawing the fp32 path's
-noise), the bounds of the fused linear + cross-entropy (`linear_ce`), of the harmonic readout
-(`harmonic_readout`), the rounding counts of the oscillator kernel (`phase_terms`) and of a whole
-KSSM (`model_terms`), and `model_token_terms` (a KSSM loss split into per-token contributions).
+Here: `Check` and the two comparisons (`elementwise`, `normwise`); `token_abs_sums` (the per-token
+magnitude of a gradient summed over tokens) and `linearised` (a token-coupling scalar split per token);
+`fp32_noise` (a float64 oracle drawing the fp32 path's noise); the bounds of the fused linear +
+cross-entropy (`linear_ce`), of the harmonic readout (`harmonic_readout`) and of R (`z1_bound`); the
+rounding counts of the phase kernel (`phase_terms`), of a bank (`bank_terms`) and of a whole KSSM
+(`model_terms`); `model_token_terms` (a float64 KSSM loss split per token) and `kssm_loss_checks`
+(KSSM.loss, production against use_reference, every quantity checked).
 """
 
 from __future__ import annotations
@@ -43,9 +45,10 @@ U64 = 2.0**-53
 U_BF16 = 2.0**-8
 """Unit roundoff of bfloat16 (8 significant bits)."""
 
-SIN_COS_EXP_ULPS = 2
-"""Relative error of torch's fp32 sin/cos/exp/log in units of u: Sleef's u10 kernels (and glibc's)
-stay within 1 ulp = 2u; every CPU capability uses one of them."""
+SIN_COS_EXP_ULPS = 4
+"""Relative error of torch's fp32 sin/cos/exp/log in units of u: Sleef's u10 kernels (AVX2, AVX-512)
+and glibc's (the portable path) stay within 1 ulp = 2u; ATen's vectorised softmax may take its
+exp_u20 variant (2 ulps = 4u), so 4u covers every CPU capability."""
 
 
 def unit_roundoff(dtype: torch.dtype) -> float:
@@ -365,7 +368,7 @@ def phase_terms(n_osc: int, n_harm: int, theta_max: float, oracle: bool = False)
     magnitude of what they act on. Counted step by step (u; a sum of m terms counts m):
 
     - theta0 = omega + mean h: |theta|; sin0, cos0: 2 + |theta|; S, C, means over N: N + 2 + |theta| each;
-      the drive S cos0 - C sin0 (|.| <= 2): twice that + 3 more; theta = theta0 + K drive - spread xi with
+      the drive S cos0 - C sin0 (|.| <= |(S, C)| <= 1): twice that + 3 more; theta = theta0 + K drive - spread xi with
       K <= 2: e_theta = 4N + 12 theta_max + 32 (absolute error of theta, u = 1);
     - Z_n is n-sensitive to theta (|dZ_n/dtheta| <= n): forward H (e_theta + 6) + 2N + 8 (the powers and
       the GEMM, as in harmonic_readout);

@@ -117,12 +117,16 @@ def test_gemm_choice_follows_the_environment(value, monkeypatch, restore_fused_c
     module = reload_fused_ce(monkeypatch, value)
     want = "auto" if value is None else value.strip().lower()
     assert module.GEMM == want and module.ONEDNN == (want != "mkl")
+    onednn = torch.backends.mkldnn.is_available() and module._probe_onednn() is not None
+    if want == "onednn" and not onednn:  # a build without oneDNN: asked for, so refused loudly
+        with pytest.raises(RuntimeError, match="KSSM_FUSED_GEMM=onednn"):
+            linear_cross_entropy(*make(10, 8, 12))
+        return
     calls = []
     real = module._mm_nt
     monkeypatch.setattr(module, "_mm_nt", lambda a, b: calls.append(1) or real(a, b))
     h, w, y = make(70, 16, 30)
     nm.assert_within(checks(h, w, y, chunk=32))
-    onednn = torch.backends.mkldnn.is_available() and module._probe_onednn() is not None
     assert bool(calls) == (want == "mkl" or not onednn), "the GEMM path taken is not the one asked for"
 
 
