@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch.nn.functional as F
 
     from kssm_core.config import PRESETS
-    from kssm_core.model import fused_ce
+    from kssm_core.model.kssm import fused_ce
     from kssm_core.model.fused_ce import linear_cross_entropy
 
     if args.threads:
@@ -54,11 +54,11 @@ def main(argv: list[str] | None = None) -> int:
             return F.cross_entropy(h @ w.t(), y)
 
         def fused_mkl(c):  # the same, with torch's BLAS instead of oneDNN (the fallback path)
-            fused_ce.ONEDNN = False
+            was, fused_ce.ONEDNN = fused_ce.ONEDNN, False
             try:
                 return linear_cross_entropy(h, w, y, chunk_size=c)
             finally:
-                fused_ce.ONEDNN = True
+                fused_ce.ONEDNN = was
 
         paths = {"plain": plain}
         for c in chunks:

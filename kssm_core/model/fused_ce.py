@@ -16,13 +16,34 @@ On CPU in fp32 the three GEMMs run through oneDNN where the torch build has it (
 on this project's AMD CPU, MKL's sgemm runs them 2.4x slower. Precision follows the unfused path:
 under autocast the matmuls run in the autocast dtype (as `nn.Linear` would) while log-sum-exp, the
 loss and the logit gradient are fp32; fp64 stays fp64.
+
+The environment variable KSSM_FUSED_GEMM, read when this module is imported, picks the fp32 CPU GEMMs:
+`auto` (the default: oneDNN if the probe below accepts it, else torch.mm), `mkl` (always torch.mm,
+i.e. the BLAS torch was built with, MKL on x86; the fallback path, e.g. to test it on a machine that
+has oneDNN) or `onednn` (oneDNN, and an error at the first fp32 CPU call if the probe rejects it).
+Any other value is refused at import.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
+
+GEMM_ENV = "KSSM_FUSED_GEMM"
+GEMM_CHOICES = ("auto", "mkl", "onednn")
+
+
+def _gemm_choice() -> str:
+    value = os.environ.get(GEMM_ENV, "").strip().lower() or "auto"
+    if value not in GEMM_CHOICES:
+        raise ValueError(f"{GEMM_ENV}={os.environ[GEMM_ENV]!r}: expected one of {', '.join(GEMM_CHOICES)}")
+    return value
+
+
+GEMM = _gemm_choice()
+"""KSSM_FUSED_GEMM as read at import: auto, mkl or onednn."""
 
 CHUNK_CPU = 256
 """Tokens per chunk on CPU: chosen by benchmarks/fused_ce_chunks.py (see docs/performance.md)."""
@@ -76,6 +97,13 @@ def _onednn_nt():
     ~4e-7 relative, like MKL's). `torch.ops.mkldnn._linear_pointwise` is the op Inductor emits for
     CPU linears; it is private, so it is probed once against torch.mm and skipped if absent or wrong.
     """
+    nt = _probe_onednn()
+    if nt is None and GEMM == "onednn":
+        raise RuntimeError(f"{GEMM_ENV}=onednn, but this torch build's oneDNN linear is missing or failed the probe")
+    return nt
+
+
+def _probe_onednn():
     if not torch.backends.mkldnn.is_available():
         return None
     try:
@@ -89,8 +117,9 @@ def _onednn_nt():
     return (lambda x, y: op(x, y, None, "none", [], "")) if ok else None
 
 
-ONEDNN = True
-"""Use oneDNN for the fp32 CPU GEMMs when available (tests and benchmarks switch it off to compare)."""
+ONEDNN = GEMM != "mkl"
+"""Use oneDNN for the fp32 CPU GEMMs when available: False under KSSM_FUSED_GEMM=mkl (tests and
+benchmarks also switch it off to compare)."""
 
 
 def _chunked(h, weight, targets, chunk: int, want_h: bool, want_w: bool):
