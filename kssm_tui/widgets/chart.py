@@ -3,8 +3,9 @@
 Overlay of runs (``set_data(..., run_slots=...)``): each series is a run drawn in its slot's colour and marker
 (eight of each, so runs stay apart without colour; the header is the legend, naming each run with its glyph);
 ``references`` are drawn dashed and never smoothed; ``ema_weight`` smooths with TensorBoard's debiased EMA over
-every raw point and draws the raw series faint (dim dots) beneath. Without those arguments the chart draws
-exactly as before.
+every raw point and draws the raw series faint (dim dots) beneath; ``smoothed`` hands in those smoothed lines
+already computed (the cockpit builds them in its worker thread, so a render only thins and draws). Without those
+arguments the chart draws exactly as before.
 
 A thin wrapper of our own rather than textual-plotext, because the cockpit needs what that widget leaves to the
 caller: downsampling (a week-long run has millions of points), a render cache keyed on data and size, a lock
@@ -264,6 +265,9 @@ class MetricChart(Widget):
         self._refs: list[tuple[str, np.ndarray, np.ndarray]] = []
         self._ema_weight: float | None = None
         self._smoothed: list[np.ndarray] = []
+        self._raw_pre: list[tuple[Sequence, Sequence] | None] | None = None
+        self._pre: list[tuple[np.ndarray, np.ndarray] | None] = []  # the caller's smoothed lines, as arrays
+        self._pre_mode = False
         self._ema_cache: dict[str, tuple | None] = {}  # series name -> (weight, n, last x, last y, state, smoothed)
         self._x_label = "step"
         self._version = 0
@@ -286,6 +290,7 @@ class MetricChart(Widget):
         references: Sequence[Series] = (),
         ema_weight: float | None = None,
         x_label: str = "step",
+        smoothed: Sequence[tuple[Sequence[float], Sequence[float]] | None] | None = None,
     ) -> None:
         """Replace what the chart shows.
 
@@ -300,6 +305,9 @@ class MetricChart(Widget):
         ema_weight: with smoothing, TensorBoard's debiased EMA of this weight over every point, the raw series
             drawn faint beneath (None: the plain EMA of bucket means, without the raw series).
         x_label: the x axis' name (e.g. "active time (min)" when the caller passes times as steps).
+        smoothed: with smoothing, the smoothed line (x, values) of each series, computed by the caller (None for
+            a series without one): drawn as the line, the series itself faint beneath, nothing smoothed here;
+            ema_weight then only names the weight in the header.
         """
         # Conversion to arrays waits for the first render: a chart in a hidden tab never pays for it.
         self._raw_series = [(clean(name), steps, values) for name, steps, values in series]
@@ -313,6 +321,8 @@ class MetricChart(Widget):
         self._run_slots = [int(k) for k in run_slots] if run_slots is not None else None
         self._raw_refs = [(clean(name), steps, values) for name, steps, values in references]
         self._ema_weight = float(ema_weight) if ema_weight is not None and smoothing else None
+        self._raw_pre = list(smoothed) if smoothed is not None and smoothing else None
+        self._pre_mode = self._raw_pre is not None  # smoothed by the caller: render() never smooths
         self._x_label = clean(x_label) or "step"
         self._version += 1
         self.refresh()
@@ -325,7 +335,11 @@ class MetricChart(Widget):
             self._refs = [(name, *finite_xy(steps, values, memo)) for name, steps, values in self._raw_refs]
             self._raw_refs = []
             self._smoothed = []
-            if self._ema_weight is not None:  # once per data version: a resize does not recompute it
+            self._pre = []
+            if self._raw_pre is not None:  # smoothed by the caller: only converted here
+                self._pre = [finite_xy(p[0], p[1], memo) if p is not None else None for p in self._raw_pre]
+                self._raw_pre = None
+            elif self._ema_weight is not None:  # once per data version: a resize does not recompute it
                 self._smoothed = [self._smooth(name, x, y) for name, x, y in self._series]
             else:
                 self._ema_cache.clear()
@@ -421,6 +435,21 @@ class MetricChart(Widget):
         for i, (name, x, y) in enumerate(self._arrays()):
             style = self._style(i, asc)
             smoothed = self._smoothed[i] if self._smoothed else None
+            pre = self._pre[i] if i < len(self._pre) else None
+            if pre is not None:  # the caller's smoothed line (own x); the raw series faint beneath
+                sx, sy = pre
+                if self._log_y:
+                    positive = y > 0
+                    dropped += int(len(y) - positive.sum())
+                    x, y = x[positive], y[positive]
+                    sx, sy = sx[sy > 0], sy[sy > 0]
+                rx, ry = downsample(x, y, columns)
+                x, y = downsample(sx, sy, columns)
+                if self._log_y:
+                    ry, y = np.log10(ry), np.log10(y)
+                raws.append((name, rx, ry, _Style(style.color, RAW_ASCII_MARKER if asc else RAW_MARKER, "raw")))
+                out.append((name, x, y, style))
+                continue
             if self._log_y:
                 positive = y > 0
                 dropped += int(len(y) - positive.sum())
@@ -433,7 +462,7 @@ class MetricChart(Widget):
                 if self._log_y:
                     ry = np.log10(ry)
                 raws.append((name, rx, ry, _Style(style.color, RAW_ASCII_MARKER if asc else RAW_MARKER, "raw")))
-            elif self._smoothing and len(y) > 2:
+            elif self._smoothing and len(y) > 2 and not self._pre_mode:
                 x, y = bucket_mean(x, y, columns * 2)
                 y = ema(y, span=max(3.0, len(y) / 25.0))
             else:
