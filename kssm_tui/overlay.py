@@ -194,21 +194,22 @@ class OverlayBuilder:
         names = run_names([d for d, _ in marked]) if marked else []
         names = [n.replace("/previous/", "@") for n in names]
         notes: list[str] = []
+        # np.array copies: a view of a history column would pin its buffer, and the next fold could not grow it.
         xs: dict[Path, dict[str, np.ndarray]] = {}
         span = 0.0
         for d, _slot in marked:
             h = self.runs[d].history
             if time_axis:
-                st = np.asarray(h.steps.cols[TIME], dtype=np.float64)
+                st = np.array(h.steps.cols[TIME], dtype=np.float64)
                 sx = active_time(st, self.runs[d].segment_starts) if st.size else np.empty(0)
                 if st.size and not np.isfinite(st).any():
                     notes.append(f"{d}: no event times: not on the time axis")
-                ex = map_times(np.asarray(h.evals.cols[TIME], dtype=np.float64), st, sx)
+                ex = map_times(np.array(h.evals.cols[TIME], dtype=np.float64), st, sx)
                 if sx.size:
                     span = max(span, float(np.nanmax(sx)) if np.isfinite(sx).any() else 0.0)
             else:
-                sx = np.asarray(h.steps.steps, dtype=np.float64)
-                ex = np.asarray(h.evals.steps, dtype=np.float64)
+                sx = np.array(h.steps.steps, dtype=np.float64)
+                ex = np.array(h.evals.steps, dtype=np.float64)
             xs[d] = {"steps": sx, "evals": ex}
         scale, unit = _time_unit(span) if time_axis else (1.0, "")
         charts = {}
@@ -218,8 +219,8 @@ class OverlayBuilder:
                 h = self.runs[d].history
                 ser = h.steps if series_name == "steps" else h.evals
                 x = xs[d][series_name] / scale if time_axis else xs[d][series_name]
-                y = np.asarray(ser.cols[metric], dtype=np.float64)
-                steps = np.asarray(ser.steps, dtype=np.float64)
+                y = np.array(ser.cols[metric], dtype=np.float64)
+                steps = np.array(ser.steps, dtype=np.float64)
                 keep = np.isfinite(x) & np.isfinite(y)
                 x, y, steps = x[keep], y[keep], steps[keep]
                 if smoothing:

@@ -15,7 +15,7 @@ from textual.widgets import DataTable, Static
 
 from ..keys import RUNS_VIEW_KEYS
 from ..safe_text import ascii_mode, clean
-from ..widgets.chart import RUN_ASCII_MARKERS, RUN_COLORS, RUN_GLYPHS
+from ..widgets.chart import RUN_ASCII_MARKERS, RUN_COLORS, RUN_GLYPHS, rich_color
 from ..widgets.stage_plan import STATE_STYLES
 
 COLUMNS = ("", "run", "kind", "state", "step", "best val PPL", "verdict")
@@ -77,7 +77,7 @@ class RunsScreen(ModalScreen[None]):
             mark = Text("")
             if slot is not None:
                 mark = Text((RUN_ASCII_MARKERS if asc else RUN_GLYPHS)[slot % len(RUN_GLYPHS)],
-                            style=f"bold {RUN_COLORS[slot % len(RUN_COLORS)]}")
+                            style=f"bold {rich_color(RUN_COLORS[slot % len(RUN_COLORS)])}")
             step = "-" if r.step is None else (f"{r.step}/{r.target}" if r.target else str(r.step))
             ppl = "-" if r.best_ppl is None else f"{r.best_ppl:.4g}"
             verdict = (r.verdict or "-").upper() if r.verdict != "pending" else "pending"

@@ -47,6 +47,14 @@ REFERENCE_COLOR = "gray+"
 REFERENCE_MARKER = "-"
 REFERENCE_GLYPH = "--"
 BAND_COLORS = ("blue", "green", "yellow", "magenta", "cyan", "red", "white")
+# plotext's names that Rich does not know (or knows as another shade), as the Rich colour of the same ANSI code.
+_RICH_COLORS = {"blue+": "bright_blue", "red+": "bright_red", "green+": "bright_green", "cyan+": "bright_cyan",
+                "magenta+": "bright_magenta", "gray": "bright_black", "gray+": "white", "white": "bright_white"}
+
+
+def rich_color(plotext_color: str) -> str:
+    """The Rich style of a plotext colour name (the header and the runs view name runs in the drawn colour)."""
+    return _RICH_COLORS.get(plotext_color, plotext_color)
 
 # Box-drawing and block glyphs plotext uses, mapped to ASCII for KSSM_ASCII=1 or non-UTF-8 terminals.
 _ASCII_TABLE = str.maketrans(
@@ -504,10 +512,11 @@ class MetricChart(Widget):
             glyph = self._glyph(i, asc)
             last = format_value(float(y[-1])) if len(y) else "n/a"
             head.append("  ")
-            head.append(f"{glyph} {name} {last}", style=self._style(i, asc).color)
+            color = self._style(i, asc).color
+            head.append(f"{glyph} {name} {last}", style=rich_color(color) if self._run_slots is not None else color)
         for name, _x, _y in self._refs:
             head.append("  ")
-            head.append(f"{REFERENCE_GLYPH} {name}", style=REFERENCE_COLOR)
+            head.append(f"{REFERENCE_GLYPH} {name}", style=rich_color(REFERENCE_COLOR))
         if dropped:
             head.append(f"  ({dropped} <= 0 not shown)", style="dim")
         head.truncate(width, overflow="ellipsis" if not asc else "crop")

@@ -102,3 +102,17 @@ def test_a_growing_series_is_smoothed_incrementally_and_equals_the_whole():
     chart.set_data([("a", range(1510), rewound)], run_slots=[0], smoothing=True, ema_weight=0.9)
     chart._arrays()
     np.testing.assert_allclose(chart._smoothed[0], debiased_ema(rewound, 0.9), rtol=1e-12)
+
+
+def test_every_slot_and_the_reference_name_a_colour_rich_can_draw():
+    from rich.console import Console
+    from rich.style import Style
+
+    from kssm_tui.widgets.chart import REFERENCE_COLOR, rich_color
+
+    for color in RUN_COLORS + (REFERENCE_COLOR,):
+        Style.parse(rich_color(color))  # "gray+" / "blue+" are plotext's names: Rich raises MissingStyle on them
+    chart = MetricChart("loss")
+    chart.set_data([(f"r{k}", STEPS, A) for k in range(8)], run_slots=list(range(8)),
+                   references=[("paper", [0, 59], [9.0, 3.0])])
+    Console(file=__import__("io").StringIO(), width=300, color_system="standard").print(chart.render_plain(300, 20))
