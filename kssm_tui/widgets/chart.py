@@ -396,14 +396,17 @@ class MetricChart(Widget):
         asc = ascii_mode()
         self._arrays()
         prepared, dropped = self._prepare(width)
-        header = self._header(prepared, dropped, asc, width)
+        # An overlay's legend gets a line of its own when it does not fit beside the title (and rows allow).
+        header = self._header(prepared, dropped, asc, width,
+                              two_lines=self._run_slots is not None and height - 2 >= MIN_PLOT_HEIGHT)
+        rows = height - 1 - header.plain.count("\n")
         if not any(len(p[1]) for p in prepared):
             body = Text("\n" + one_line("waiting for data", width), style="dim")
             return self._finish(header, body)
-        if width < MIN_PLOT_WIDTH or height - 1 < MIN_PLOT_HEIGHT:
-            return self._finish(header, self._sparklines(prepared, width, height - 1, asc))
+        if width < MIN_PLOT_WIDTH or rows < MIN_PLOT_HEIGHT:
+            return self._finish(header, self._sparklines(prepared, width, rows, asc))
         try:
-            ansi = self._build(prepared, width, height - 1, asc)
+            ansi = self._build(prepared, width, rows, asc)
         except Exception as exc:  # plotext edge cases must never take the cockpit down
             body = Text("\n" + one_line(f"chart error: {type(exc).__name__}: {exc}", width), style="dim")
             return self._finish(header, body)
@@ -498,8 +501,10 @@ class MetricChart(Widget):
         slot = self._run_slots[i] if i < len(self._run_slots) else i
         return (RUN_ASCII_MARKERS if asc else RUN_GLYPHS)[slot % len(RUN_GLYPHS)]
 
-    def _header(self, prepared, dropped: int, asc: bool, width: int) -> Text:
-        """Title line: title, then each series' marker, name and last raw value; colour optional."""
+    def _header(self, prepared, dropped: int, asc: bool, width: int, two_lines: bool = False) -> Text:
+        """Title line: title, then each series' marker, name and last raw value; colour optional.
+
+        two_lines: when that does not fit in `width`, the legend (markers, names, values) goes on a second line."""
         head = Text(no_wrap=True, overflow="ellipsis", end="")
         head.append(self.title, style="bold")
         if self._log_y:
@@ -519,6 +524,18 @@ class MetricChart(Widget):
             head.append(f"{REFERENCE_GLYPH} {name}", style=rich_color(REFERENCE_COLOR))
         if dropped:
             head.append(f"  ({dropped} <= 0 not shown)", style="dim")
+        if two_lines and head.cell_len > width:
+            split = self._header(prepared, dropped, asc, 10**6)  # the same line, uncut
+            title_end = split.plain.index("  ", len(self.title)) if "  " in split.plain[len(self.title):] else None
+            if title_end is not None:
+                first, legend = split[:title_end], split[title_end + 2:]
+                first.truncate(width, overflow="ellipsis" if not asc else "crop")
+                legend.truncate(width, overflow="ellipsis" if not asc else "crop")
+                out = Text(no_wrap=True, overflow="ellipsis", end="")
+                out.append_text(first)
+                out.append("\n")
+                out.append_text(legend)
+                return out
         head.truncate(width, overflow="ellipsis" if not asc else "crop")
         return head
 

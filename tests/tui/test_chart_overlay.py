@@ -116,3 +116,15 @@ def test_every_slot_and_the_reference_name_a_colour_rich_can_draw():
     chart.set_data([(f"r{k}", STEPS, A) for k in range(8)], run_slots=list(range(8)),
                    references=[("paper", [0, 59], [9.0, 3.0])])
     Console(file=__import__("io").StringIO(), width=300, color_system="standard").print(chart.render_plain(300, 20))
+
+
+def test_a_legend_too_long_for_the_title_line_gets_a_line_of_its_own():
+    chart = MetricChart("Val PPL")
+    chart.set_data([("results/stage2", STEPS, A), ("ablation/stage2", STEPS, B)], run_slots=[0, 1], smoothing=True,
+                   ema_weight=0.6)
+    lines = chart.render_plain(50, 20).plain.splitlines()
+    assert lines[0].startswith("Val PPL (EMA 0.6")
+    assert "results/stage2" in lines[1] and "ablation/stage2" in lines[1]
+    assert len(lines) <= 20
+    short = chart.render_plain(50, 6).plain.splitlines()  # no rows to spare: one line, cut
+    assert "results/stage2" in short[0] and len(short) <= 6

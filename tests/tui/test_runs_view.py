@@ -54,8 +54,8 @@ def prepared(root: Path) -> Path:
 
 
 def header(app: KssmApp, chart: str = "loss", width: int = 120) -> str:
-    """The first line of a chart as drawn: its title and legend."""
-    return app.dash.query_one(f"#chart-{chart}").render_plain(width, 20).plain.splitlines()[0]
+    """A chart's title and legend as drawn (an overlay's legend may take a second line)."""
+    return "\n".join(app.dash.query_one(f"#chart-{chart}").render_plain(width, 20).plain.splitlines()[:2])
 
 
 def overlaid(app: KssmApp) -> list[str]:
