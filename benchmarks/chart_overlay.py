@@ -110,6 +110,8 @@ def cockpit(a, repeats: int) -> None:
         for _ in range(repeats):
             builder._built = None  # noqa: SLF001 - a cold build each time (a comparison opened, smoothing toggled)
             builder._ema.clear()  # noqa: SLF001
+            builder._axes_cache.clear()  # noqa: SLF001
+            builder._pieces_cache.clear()  # noqa: SLF001
             t0 = time.perf_counter()
             view = builder.build(marked, time_axis=False, smoothing=True)
             builds.append(time.perf_counter() - t0)
@@ -129,7 +131,21 @@ def cockpit(a, repeats: int) -> None:
             t0 = time.perf_counter()
             builder.build(marked, time_axis=True, smoothing=True)
             times.append(time.perf_counter() - t0)
-        for _ in range(repeats):  # a live run: 200 new steps per run, read and folded, the EMA continued
+        def append(d: Path) -> None:
+            last = int(builder.runs[run_key(d)].history.steps.steps[-1])
+            with open(d / "events.jsonl", "a") as fh:
+                for j in range(200):
+                    fh.write(json.dumps({"event": "step", "t": 1e10 + j, "step": last + 20 * (j + 1),
+                                         "loss": 2.0, "R": 0.1, "u_val": 1.0, "grad_norm": 1.0}) + "\n")
+
+        one = []
+        builder.build(marked, time_axis=False, smoothing=True)
+        for _ in range(repeats):  # one run training live, the others finished: only it is read and rebuilt
+            append(dirs[0])
+            t0 = time.perf_counter()
+            builder.build_if_changed(marked, False, True)
+            one.append(time.perf_counter() - t0)
+        for _ in range(repeats):  # all of them live: 200 new steps per run, read and folded, the EMA continued
             builder.build(marked, time_axis=False, smoothing=True)
             for d in dirs:
                 last = int(builder.runs[run_key(d)].history.steps.steps[-1])
@@ -146,6 +162,7 @@ def cockpit(a, repeats: int) -> None:
               f"  runs worker: first read of the {a.runs} folders: {read_s * 1e3:7.1f} ms (once)\n"
               f"  runs worker: build (EMA over every point, 5 charts): {fmt(builds)}\n"
               f"  runs worker: build on the time axis:              {fmt(times)}\n"
+              f"  runs worker: +200 steps in 1 run, read + rebuild: {fmt(one)}\n"
               f"  runs worker: +200 steps per run, read + rebuild:  {fmt(grows)}\n"
               f"  event loop:  set_data + render ({points:,} points handed over): {fmt(frames, frames_cpu)}\n"
               f"  event loop:  redraw at a new size:                {fmt(resizes, resizes_cpu)}")

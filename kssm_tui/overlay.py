@@ -161,6 +161,8 @@ class OverlayBuilder:
         self.runs: dict[Path, OverlayRun] = {}
         self._ema: dict[tuple[Path, str], tuple] = {}  # (folder, metric) -> (n, last step, last value, state, out)
         self._built: tuple | None = None  # (key, versions) of the last build
+        self._axes_cache: dict[Path, tuple] = {}  # folder -> ((version, time axis), axes)
+        self._pieces_cache: dict[Path, tuple] = {}  # folder -> ((version, axis, smoothing, scale), pieces)
         self._serial = 0
 
     def poll(self, folders) -> bool:
@@ -170,6 +172,8 @@ class OverlayBuilder:
             del self.runs[gone]
             for k in [k for k in self._ema if k[0] == gone]:
                 del self._ema[k]
+            self._axes_cache.pop(gone, None)
+            self._pieces_cache.pop(gone, None)
         changed = False
         for d in want:
             r = self.runs.get(d)
@@ -190,52 +194,84 @@ class OverlayBuilder:
         return self.build(marked, time_axis, smoothing)
 
     def build(self, marked: tuple[tuple[Path, int], ...], time_axis: bool, smoothing: bool) -> OverlayView:
+        """Every chart's overlay of the marked runs; a run unchanged since the last build (its version, the axis,
+        the smoothing) is not computed again, so a live run costs only its own series."""
         self.poll([d for d, _ in marked])
         names = run_names([d for d, _ in marked]) if marked else []
         names = [n.replace("/previous/", "@") for n in names]
-        notes: list[str] = []
-        # np.array copies: a view of a history column would pin its buffer, and the next fold could not grow it.
-        xs: dict[Path, dict[str, np.ndarray]] = {}
-        span = 0.0
-        for d, _slot in marked:
-            h = self.runs[d].history
-            if time_axis:
-                st = np.array(h.steps.cols[TIME], dtype=np.float64)
-                sx = active_time(st, self.runs[d].segment_starts) if st.size else np.empty(0)
-                if st.size and not np.isfinite(st).any():
-                    notes.append(f"{d}: no event times: not on the time axis")
-                ex = map_times(np.array(h.evals.cols[TIME], dtype=np.float64), st, sx)
-                if sx.size:
-                    span = max(span, float(np.nanmax(sx)) if np.isfinite(sx).any() else 0.0)
-            else:
-                sx = np.array(h.steps.steps, dtype=np.float64)
-                ex = np.array(h.evals.steps, dtype=np.float64)
-            xs[d] = {"steps": sx, "evals": ex}
+        axes = {d: self._axes(d, time_axis) for d, _ in marked}
+        notes = tuple(a[2] for a in axes.values() if a[2])
+        span = max((a[3] for a in axes.values()), default=0.0)
         scale, unit = _time_unit(span) if time_axis else (1.0, "")
+        pieces = {d: self._pieces(d, time_axis, smoothing, scale, axes[d]) for d, _ in marked}
         charts = {}
-        for key, (series_name, metric) in CHART_METRICS.items():
+        for key in CHART_METRICS:
             series, slots, smooth = [], [], []
             for (d, slot), name in zip(marked, names):
-                h = self.runs[d].history
-                ser = h.steps if series_name == "steps" else h.evals
-                x = xs[d][series_name] / scale if time_axis else xs[d][series_name]
-                y = np.array(ser.cols[metric], dtype=np.float64)
-                steps = np.array(ser.steps, dtype=np.float64)
-                keep = np.isfinite(x) & np.isfinite(y)
-                x, y, steps = x[keep], y[keep], steps[keep]
-                if smoothing:
-                    s = self._smooth(d, metric, steps, y)
-                    smx, smy = bucket_mean(x, s, 2 * self.points)
-                    smooth.append((smx.tolist(), smy.tolist()))
-                rx, ry = minmax_downsample(x, y, self.points)
-                series.append((name, rx.tolist(), ry.tolist()))
+                rx, ry, sm = pieces[d][key]
+                series.append((name, rx, ry))
                 slots.append(slot)
+                smooth.append(sm)
             charts[key] = OverlayChart(series, slots, smooth if smoothing else None)
+        for gone in [d for d in self._pieces_cache if d not in pieces]:
+            del self._pieces_cache[gone]
+            self._axes_cache.pop(gone, None)
         self._serial += 1
         x_label = f"active time ({unit})" if time_axis else "step"
         runs = tuple((d, n, slot) for (d, slot), n in zip(marked, names))
         return OverlayView((marked, time_axis, smoothing), runs, charts, x_label, time_axis, smoothing,
-                           self.ema_weight, self._serial, tuple(notes))
+                           self.ema_weight, self._serial, notes)
+
+    def _axes(self, d: Path, time_axis: bool) -> tuple:
+        """(x of the steps, x of the evals, a note or "", the span) of one run: steps, or active seconds."""
+        run = self.runs[d]
+        key = (run.version, time_axis)
+        kept = self._axes_cache.get(d)
+        if kept is not None and kept[0] == key:
+            return kept[1]
+        h = run.history
+        # np.array copies: a view of a history column would pin its buffer, and the next fold could not grow it.
+        note, span = "", 0.0
+        if time_axis:
+            st = np.array(h.steps.cols[TIME], dtype=np.float64)
+            sx = active_time(st, run.segment_starts) if st.size else np.empty(0)
+            if st.size and not np.isfinite(st).any():
+                note = f"{d}: no event times: not on the time axis"
+            ex = map_times(np.array(h.evals.cols[TIME], dtype=np.float64), st, sx)
+            if sx.size and np.isfinite(sx).any():
+                span = float(np.nanmax(sx))
+        else:
+            sx = np.array(h.steps.steps, dtype=np.float64)
+            ex = np.array(h.evals.steps, dtype=np.float64)
+        out = (sx, ex, note, span)
+        self._axes_cache[d] = (key, out)
+        return out
+
+    def _pieces(self, d: Path, time_axis: bool, smoothing: bool, scale: float, axes: tuple) -> dict:
+        """chart key -> (raw x, raw y, smoothed (x, y) or None) of one run, thinned to `points` buckets."""
+        run = self.runs[d]
+        key = (run.version, time_axis, smoothing, scale)
+        kept = self._pieces_cache.get(d)
+        if kept is not None and kept[0] == key:
+            return kept[1]
+        h = run.history
+        out = {}
+        for chart, (series_name, metric) in CHART_METRICS.items():
+            ser = h.steps if series_name == "steps" else h.evals
+            x = axes[0] if series_name == "steps" else axes[1]
+            x = x / scale if scale != 1.0 else x
+            y = np.array(ser.cols[metric], dtype=np.float64)
+            steps = np.array(ser.steps, dtype=np.float64)
+            keep = np.isfinite(x) & np.isfinite(y)
+            x, y, steps = x[keep], y[keep], steps[keep]
+            sm = None
+            if smoothing:
+                smx, smy = bucket_mean(x, self._smooth(d, metric, steps, y), 2 * self.points)
+                sm = (smx.tolist(), smy.tolist())
+            rx, ry = minmax_downsample(x, y, self.points)
+            out[chart] = (rx.tolist(), ry.tolist(), sm)
+        self._pieces_cache[d] = (key, out)
+        return out
 
     def _smooth(self, run_dir: Path, metric: str, steps: np.ndarray, y: np.ndarray) -> np.ndarray:
         """The debiased EMA of a run's metric over every finite point; continued from the kept state when the

@@ -282,3 +282,39 @@ def test_time_axis_leaves_out_the_gap_of_a_resume(tmp_path):
     ((_n, xs, ys),) = view.charts["loss"].series
     assert view.x_label == "active time (s)" and max(xs) == pytest.approx(120.0)  # 80 s + 40 s, not 50,000
     assert len(xs) == 120 and ys[79] == pytest.approx(4.2) and ys[80] == 4.0  # the orphaned steps replaced
+
+
+def test_a_run_that_did_not_change_is_not_built_again(tmp_path):
+    a, b = run_key(_big_run(tmp_path / "a", 300, 1)), run_key(_big_run(tmp_path / "b", 300, 2))
+    builder = OverlayBuilder()
+    builder.build(((a, 0), (b, 1)), time_axis=False, smoothing=True)
+    kept_b = builder._pieces_cache[b][1]  # noqa: SLF001
+    with open(tmp_path / "a" / "events.jsonl", "a") as fh:
+        fh.write(json.dumps({"event": "step", "t": 5000.0, "step": 301, "loss": 1.0}) + "\n")
+    view = builder.build_if_changed(((a, 0), (b, 1)), False, True)
+    assert builder._pieces_cache[b][1] is kept_b and view.charts["loss"].series[1][1] is kept_b["loss"][0]
+    assert view.charts["loss"].series[0][1][-1] == 301
+
+
+def test_the_runs_view_is_ascii_only_in_ascii_mode(runs, monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    monkeypatch.setenv("KSSM_ASCII", "1")
+    prepared(runs)
+
+    async def scenario() -> str:
+        app = KssmApp(runs, watch=False, tail_interval=0.1, compare=[stage_path(runs, 1), stage_path(runs, 2)])
+        async with app.run_test(size=SIZE) as pilot:
+            await ready(pilot)
+            await pilot.press("v")
+            await until(pilot, lambda: isinstance(app.screen, RunsScreen) and app.screen.done)
+            await pilot.pause(0.2)
+            console = Console(width=SIZE[0], height=SIZE[1], file=io.StringIO(), force_terminal=True, record=True,
+                              color_system=None, legacy_windows=False, safe_box=False)
+            console.print(app.screen._compositor.render_update(full=True, screen_stack=app._background_screens))
+            return console.export_text()
+
+    text = asyncio.run(scenario())
+    assert "stage1" in text and {ch for ch in text if not ch.isascii()} == set()
