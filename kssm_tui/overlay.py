@@ -23,8 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from kssm_core.reports.overlay import (DEFAULT_SMOOTHING, Reference, active_time, bucket_mean, debiased_ema_state,
-                                       map_times, minmax_downsample)
-from kssm_core.reports.rundata import run_names
+                                       map_times, minmax_downsample, run_names)
 from kssm_core.runfolder import layout, legacy
 from kssm_core.runfolder.history import EVAL_FIELDS, STEP_FIELDS, NAN, RunHistory, Series, StepBatch, as_number
 from kssm_core.runfolder.runlog import EventLogReader
