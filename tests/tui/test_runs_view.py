@@ -318,3 +318,21 @@ def test_the_runs_view_is_ascii_only_in_ascii_mode(runs, monkeypatch):
 
     text = asyncio.run(scenario())
     assert "stage1" in text and {ch for ch in text if not ch.isascii()} == set()
+
+
+@sync
+async def test_x_with_nothing_marked_draws_the_shown_run_on_the_time_axis(runs):
+    healthy(runs)
+    app = KssmApp(runs, watch=False, tail_interval=0.1)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await until(pilot, lambda: app.view.run_dir == stage_path(runs, 2))
+        await pilot.press("x")
+        await until(pilot, lambda: overlaid(app) == ["stage2"])
+        assert app._shown_overlay().x_label == "active time (s)"
+        assert "overlay" not in app.dash.query_one("#title").render().plain  # nothing marked: not an overlay
+        await pilot.press("1")  # the time axis follows the shown run
+        await until(pilot, lambda: overlaid(app) == ["stage1"])
+        await pilot.press("x")
+        await until(pilot, lambda: app._shown_overlay() is None)
+        assert "total" in header(app) and "CE" in header(app)  # the single run's charts again
