@@ -1,7 +1,8 @@
 """The kssm-tui App: lifecycle and the glue between workers, controller and dashboard.
 
-`kssm-tui [RUNS_ROOT] [--attach DIR] [--readonly]`. The App itself stays thin: the tail and
-watch workers compute payloads off the event loop (kssm_tui.tail, kssm_tui.watch), the
+`kssm-tui [RUNS_ROOT] [--attach DIR] [--compare DIR ...] [--reference FILE] [--readonly]`. The App itself stays
+thin: the tail, runs and watch workers compute payloads off the event loop (kssm_tui.tail, kssm_tui.runs,
+kssm_tui.watch), the
 controller starts and signals trainers (kssm_tui.controller), and the dashboard only copies
 payloads into widgets. Keys are data (kssm_tui.keys); the keys that change a run live in
 kssm_tui.run_actions.
@@ -27,11 +28,15 @@ from kssm_core.runfolder import layout
 
 from . import ascii_chrome, labels
 from . import controller as ctl
-from .messages import FactsSampled, RunChanged, RunView, StageInfo, StagesChanged, TrainerExited, WorkerTrouble
+from .messages import (FactsSampled, OverlayChanged, RunChanged, RunsListed, RunView, StageInfo, StagesChanged,
+                       TrainerExited, WorkerTrouble)
+from .overlay import MAX_OVERLAY, reference_series
+from .runs import RunsBoard, run_key, runs_loop
 from .screens.dashboard import CHARTS, Dashboard
 from .screens.help import HelpScreen
+from .screens.runs import RunsScreen
 from .safe_text import clean
-from .keys import KEYS, MUTATING, MUTATING_KEYS, bindings
+from .keys import KEYS, MUTATING, MUTATING_KEYS, RUNS_VIEW_KEYS, bindings
 from .run_actions import RunActions
 from .tail import Monitor, monitor_loop
 from .watch import WatchTarget, watch_loop
@@ -47,7 +52,10 @@ class KssmApp(RunActions, App):
     BINDINGS = bindings()
 
     def __init__(self, runs_root: str | Path = "results", attach: str | Path | None = None, readonly: bool = False,
-                 watch: bool = True, tail_interval: float = TAIL_INTERVAL_S, cwd: Path | None = None) -> None:
+                 watch: bool = True, tail_interval: float = TAIL_INTERVAL_S, cwd: Path | None = None,
+                 compare=(), reference=None) -> None:
+        """`compare`: run folders overlaid from the start (at most MAX_OVERLAY); `reference`: a
+        kssm_core.reports.overlay.Reference (read before the App starts: a bad file never gets this far)."""
         ascii_chrome.apply()
         super().__init__()
         self.runs_root = Path(runs_root)
@@ -66,6 +74,19 @@ class KssmApp(RunActions, App):
         self._watch_target = WatchTarget(self.runs_root, None)
         self._failures_seen: dict[Path, set] = {}
         self._control = threading.Lock()  # see _in_thread
+        # The runs view and the overlay (kssm_tui.runs): marks are keyed by absolute folder path -> slot.
+        self.compare = [Path(c) for c in compare]
+        self.board = RunsBoard(self.runs_root, self.attach, self.compare)
+        self.marked: dict[Path, int] = {}
+        for c in self.compare[:MAX_OVERLAY]:
+            self.marked.setdefault(run_key(c), len(self.marked))
+        self.reference = reference
+        self.references = reference_series(reference) if reference is not None else {}
+        self.x_time = False
+        self.overlay = None  # the OverlayView on the charts (kssm_tui.overlay), None before the first
+        self.runs_rows: list = []
+        self.runs_done = False
+        self._sync_board()
 
     def get_css_variables(self) -> dict[str, str]:
         return {**super().get_css_variables(), **ascii_chrome.css_variables()}
@@ -82,6 +103,7 @@ class KssmApp(RunActions, App):
         """After the dashboard is composed: start the workers (the tail worker first picks the stage to show)."""
         self._set_title()
         self.run_worker(self._tail_body, thread=True, group="tail", name="tail", exit_on_error=False)
+        self.run_worker(self._runs_body, thread=True, group="runs", name="runs", exit_on_error=False)
         if self.watch_enabled:
             self.run_worker(self._watch_body, thread=True, group="watch", name="watch", exit_on_error=False)
         self.set_interval(1.0, self._reap)
@@ -99,6 +121,10 @@ class KssmApp(RunActions, App):
                 self.call_from_thread(self.say, f"attached to the live trainer of Stage {live}", timeout=4)
         monitor_loop(self.post_message, self.monitor, self.tail_interval, lambda: worker.is_cancelled)
 
+    def _runs_body(self) -> None:
+        worker = get_current_worker()
+        runs_loop(self.post_message, self.board, self.tail_interval, lambda: worker.is_cancelled)
+
     def _watch_body(self) -> None:
         worker = get_current_worker()
         watch_loop(self.post_message, lambda: self._watch_target, lambda: worker.is_cancelled)
@@ -112,6 +138,11 @@ class KssmApp(RunActions, App):
         if self.view is not None and self.view.lock_state == "live":
             t.append(f"  live trainer PID {self.view.lock_pid}", style="cyan")
         t.append(f"  log:{'on' if self.log_y else 'off'} smooth:{'on' if self.smoothing else 'off'}", style="dim")
+        if self.x_time:
+            t.append(" x:time", style="dim")
+        ov = self._shown_overlay()
+        if ov is not None and self.marked:
+            t.append(f"  overlay: {len(ov.runs)} run{'s' if len(ov.runs) != 1 else ''}", style="cyan")
         self.dash.set_title(t)
 
     @property
@@ -151,7 +182,9 @@ class KssmApp(RunActions, App):
         self.call_after_refresh(self.monitor.painted.set)  # the tail worker may read on
 
     def _apply_view(self, view: RunView) -> None:
-        self.dash.show_view(view, self.log_y, self.smoothing)
+        if self.x_time and not self.marked and run_key(view.run_dir) not in dict(self.board.marked):
+            self._sync_board()  # the time axis follows the shown run (see _overlay_marked)
+        self.dash.show_view(view, self.log_y, self.smoothing, self._shown_overlay(), self._references())
         pid = view.lock_pid if view.lock_state == "live" else None
         if pid is None and self.controller.child_alive() and self.controller.child.run_dir == view.run_dir:
             pid = self.controller.child.proc.pid
@@ -159,6 +192,26 @@ class KssmApp(RunActions, App):
         self._set_title()
         self._update_alert(view)
         self._merge_facts()
+
+    def on_runs_listed(self, msg: RunsListed) -> None:
+        self.runs_rows, self.runs_done = msg.rows, msg.done
+        if isinstance(self.screen, RunsScreen):
+            self.screen.set_rows(msg.rows, msg.done)
+
+    def on_overlay_changed(self, msg: OverlayChanged) -> None:
+        view = msg.view
+        if view.key != self._overlay_key():
+            return  # built for marks or settings changed meanwhile: the next build follows
+        old_notes = self.overlay.notes if self.overlay is not None else ()
+        self.overlay = view
+        for note in view.notes:
+            if note not in old_notes:
+                self.say(note, severity="warning", timeout=6)
+        if not self._dash_gone():
+            try:
+                self._redraw_charts()
+            except NoMatches:
+                pass
 
     def on_facts_sampled(self, msg: FactsSampled) -> None:
         self.facts = msg.facts
@@ -265,12 +318,78 @@ class KssmApp(RunActions, App):
 
     def action_toggle_smooth(self) -> None:
         self.smoothing = not self.smoothing
+        self._sync_board()
+        self._redraw_charts()
+
+    def action_toggle_x_axis(self) -> None:
+        self.x_time = not self.x_time
+        self._sync_board()
+        if self.x_time:
+            self.say("x axis: active wall time (the gaps of a resume or a pause left out); x again: step"
+                     + ("; reference curves are drawn on the step axis only" if self.reference else ""), timeout=4)
         self._redraw_charts()
 
     def _redraw_charts(self) -> None:
         if self.view is not None:
-            self.dash.show_charts(self.view, self.log_y, self.smoothing)
+            self.dash.show_charts(self.view, self.log_y, self.smoothing, self._shown_overlay(), self._references())
         self._set_title()
+
+    # ---- the runs view and the overlay ----------------------------------------------------------------
+    def _overlay_marked(self) -> tuple[tuple[Path, int], ...]:
+        """The runs to overlay: the marked ones; on the time axis with none marked, the shown run alone."""
+        marked = tuple(self.marked.items())
+        if not marked and self.x_time and self.view is not None:
+            marked = ((run_key(self.view.run_dir), 0),)
+        return marked
+
+    def _overlay_key(self) -> tuple:
+        return (self._overlay_marked(), self.x_time, self.smoothing)
+
+    def _sync_board(self) -> None:
+        """Hand the overlay's settings to the runs worker and wake it (plain assignments: thread-safe)."""
+        b = self.board
+        b.marked, b.time_axis, b.smoothing = self._overlay_marked(), self.x_time, self.smoothing
+        b.wake.set()
+
+    def _shown_overlay(self):
+        """The overlay to draw: the newest build for the current marks and settings, None for one run's charts."""
+        ov = self.overlay
+        if ov is None or not ov.runs or ov.key != self._overlay_key():
+            return None
+        return ov
+
+    def _references(self) -> dict:
+        ov = self._shown_overlay()
+        if not self.references or (ov is not None and ov.time_axis):
+            return {}  # a reference is a trajectory over steps: not on the time axis
+        return self.references
+
+    def action_runs_view(self) -> None:
+        if isinstance(self.screen, RunsScreen):
+            return
+        self.board.listing = True
+        self.board.scan_now.set()
+        self.board.wake.set()
+        self.push_screen(RunsScreen(), callback=self._runs_view_closed)
+
+    def _runs_view_closed(self, _result=None) -> None:
+        self.board.listing = False
+
+    def toggle_mark(self, folder: Path) -> None:
+        """Mark a run for overlay (the lowest free slot: colour + marker), or unmark it."""
+        folder = run_key(folder)
+        if folder in self.marked:
+            del self.marked[folder]
+        elif len(self.marked) >= MAX_OVERLAY:
+            self.say(f"at most {MAX_OVERLAY} runs overlaid: unmark one first", severity="warning", timeout=4)
+            return
+        else:
+            used = set(self.marked.values())
+            self.marked[folder] = min(i for i in range(MAX_OVERLAY) if i not in used)
+        self._sync_board()
+        if isinstance(self.screen, RunsScreen):
+            self.screen.refresh_rows()
+        self._redraw_charts()
 
     def action_next_chart(self) -> None:
         tabs = self.dash.query_one("#charts")
@@ -292,7 +411,8 @@ class KssmApp(RunActions, App):
         self.dash.show_stages(self.stages, self._current_stage(), self.selected)
 
     def action_help(self) -> None:
-        self.push_screen(HelpScreen([(k.key, k.help, k.mutates) for k in KEYS], self.readonly))
+        self.push_screen(HelpScreen([(k.key, k.help, k.mutates) for k in KEYS], self.readonly,
+                                    sections=[("in the runs view (v)", [(k.key, k.help, False) for k in RUNS_VIEW_KEYS])]))
 
     async def action_quit(self) -> None:
         self.exit(message=self.quit_message())
@@ -312,6 +432,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("runs_root", nargs="?", default="results", metavar="RUNS_ROOT",
                    help="folder holding stage1..stage4 and final (default: ./results)")
     p.add_argument("--attach", metavar="DIR", help="watch this run folder (any run, including legacy ones)")
+    p.add_argument("--compare", nargs="+", metavar="DIR", default=[],
+                   help="overlay these run folders on every chart from the start (a folder of runs: each of them)")
+    p.add_argument("--reference", metavar="FILE",
+                   help="a published trajectory to draw, dashed, on the matching charts: CSV with a step column "
+                        "and any of loss, ce, reg, R, u_val, val_loss, val_ppl, or JSON lines of the same")
     p.add_argument("--readonly", action="store_true", help="disable every key that changes anything")
     args = p.parse_args(argv)
     if args.attach and not Path(args.attach).is_dir():
@@ -321,7 +446,29 @@ def main(argv: list[str] | None = None) -> int:
     if root.exists() and not root.is_dir():
         print(f"kssm-tui: {root} is a file, not a runs folder", file=sys.stderr)
         return 2
-    app = KssmApp(root, attach=args.attach, readonly=args.readonly)
+    compare = []
+    for d in args.compare:
+        from kssm_core.runbook.status import find_run_dirs
+
+        found = find_run_dirs(d) if Path(d).is_dir() else []
+        if not found:
+            print(f"kssm-tui: --compare {d}: not a run folder (no events.jsonl, training.log or checkpoint), "
+                  "nor a folder of runs", file=sys.stderr)
+            return 2
+        compare += [f for f in found if f not in compare]
+    if len(compare) > MAX_OVERLAY:
+        print(f"kssm-tui: --compare names {len(compare)} runs; at most {MAX_OVERLAY} can be overlaid", file=sys.stderr)
+        return 2
+    reference = None
+    if args.reference:
+        from kssm_core.reports.overlay import ReferenceError, read_reference
+
+        try:
+            reference = read_reference(args.reference)
+        except ReferenceError as exc:
+            print(f"kssm-tui: --reference {clean(exc)}", file=sys.stderr)
+            return 2
+    app = KssmApp(root, attach=args.attach, readonly=args.readonly, compare=compare, reference=reference)
     app.run()
     return app.return_code or 0
 

@@ -120,3 +120,23 @@ class WorkerTrouble(Message):
     def __init__(self, text: str) -> None:
         super().__init__()
         self.text = text
+
+
+class RunsListed(Message):
+    """The runs view's rows (kssm_tui.runs.RunRow), judged in the runs worker; `done`: every folder judged."""
+
+    def __init__(self, rows: list, done: bool) -> None:
+        super().__init__()
+        self.rows = rows
+        self.done = done
+
+
+class OverlayChanged(Message):
+    """The marked runs' overlay (kssm_tui.overlay.OverlayView), built in the runs worker."""
+
+    def __init__(self, view: Any) -> None:
+        super().__init__()
+        self.view = view
+
+    def can_replace(self, message: Message) -> bool:  # only the newest build matters
+        return isinstance(message, OverlayChanged)

@@ -6,6 +6,7 @@
   first points are not dragged towards 0; non-finite points pass through, a constant series is left as is).
 - `active_time(t, segment_starts)`: an x axis of wall time with the gaps of a resume or a pause left out.
 - `run_style(index)`: a stable colour + marker + line style per overlaid run, legible without colour.
+- `run_names(dirs)`: a distinct, filesystem-safe name per run folder (exports, legends).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import csv
 import io
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -399,3 +401,42 @@ def bucket_mean(x: np.ndarray, y: np.ndarray, buckets: int) -> tuple[np.ndarray,
     edges = np.unique(np.linspace(0, n, buckets + 1).astype(np.int64)[:-1])
     counts = np.diff(np.append(edges, n))
     return np.add.reduceat(x, edges) / counts, np.add.reduceat(y, edges) / counts
+
+
+# ---- run names ----------------------------------------------------------------------------------------------
+_SAFE = re.compile(r"[^A-Za-z0-9._+=@-]+")
+
+
+def _clean_part(part: str) -> str:
+    s = _SAFE.sub("_", part).strip("._") or "run"
+    return s[:80]
+
+
+def run_names(dirs) -> list[str]:
+    """A distinct, filesystem-safe name per run folder: its last path part, or as many trailing parts as it
+    takes to tell it from the others (joined with "/": results/stage2 and ablation/stage2). An archived run
+    (.../stage2/previous/<time>) keeps its stage folder in the name."""
+    parts = [[_clean_part(p) for p in Path(d).resolve().parts[1:]] or ["run"] for d in dirs]
+
+    def minimum(ps: list[str]) -> int:
+        return 3 if len(ps) >= 3 and ps[-2] == "previous" else 1
+
+    lengths = [min(minimum(ps), len(ps)) for ps in parts]
+    while True:
+        names = ["/".join(ps[-n:]) for ps, n in zip(parts, lengths)]
+        clash = {n for n in names if names.count(n) > 1}
+        if not clash:
+            break
+        grew = False
+        for i, n in enumerate(names):
+            if n in clash and lengths[i] < len(parts[i]):
+                lengths[i] += 1
+                grew = True
+        if not grew:  # the same folder twice, or paths equal to the root: number them
+            seen: dict[str, int] = {}
+            out = []
+            for n in names:
+                seen[n] = seen.get(n, 0) + 1
+                out.append(n if seen[n] == 1 else f"{n}-{seen[n]}")
+            return out
+    return names

@@ -6,17 +6,18 @@ bounded history leaves out: the event time `t` of each step and eval reading (a 
 sample (not only the newest 50), and the time of every `run_start` (the segments). A folder with only a
 reference-trainer `training.log` is read through kssm_core.runfolder.legacy.
 
-`run_names(dirs)` names runs for exports and legends: the shortest path suffix that tells them apart.
+`run_names(dirs)` (kssm_core.reports.overlay) names runs for exports and legends: the shortest path suffix that
+tells them apart.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kssm_core.reports.overlay import run_names  # noqa: F401 - its home is overlay.py (the cockpit uses it)
 from kssm_core.runfolder import legacy
 from kssm_core.runfolder.history import EVAL_FIELDS, STEP_FIELDS, RunHistory, Series, as_number
 from kssm_core.runfolder.runlog import EventLogReader
@@ -121,44 +122,6 @@ def expand_runs(paths) -> list[Path]:
             if d not in out:
                 out.append(d)
     return out
-
-
-_SAFE = re.compile(r"[^A-Za-z0-9._+=@-]+")
-
-
-def _clean_part(part: str) -> str:
-    s = _SAFE.sub("_", part).strip("._") or "run"
-    return s[:80]
-
-
-def run_names(dirs) -> list[str]:
-    """A distinct, filesystem-safe name per run folder: its last path part, or as many trailing parts as it
-    takes to tell it from the others (joined with "/": results/stage2 and ablation/stage2). An archived run
-    (.../stage2/previous/<time>) keeps its stage folder in the name."""
-    parts = [[_clean_part(p) for p in Path(d).resolve().parts[1:]] or ["run"] for d in dirs]
-
-    def minimum(ps: list[str]) -> int:
-        return 3 if len(ps) >= 3 and ps[-2] == "previous" else 1
-
-    lengths = [min(minimum(ps), len(ps)) for ps in parts]
-    while True:
-        names = ["/".join(ps[-n:]) for ps, n in zip(parts, lengths)]
-        clash = {n for n in names if names.count(n) > 1}
-        if not clash:
-            break
-        grew = False
-        for i, n in enumerate(names):
-            if n in clash and lengths[i] < len(parts[i]):
-                lengths[i] += 1
-                grew = True
-        if not grew:  # the same folder twice, or paths equal to the root: number them
-            seen: dict[str, int] = {}
-            out = []
-            for n in names:
-                seen[n] = seen.get(n, 0) + 1
-                out.append(n if seen[n] == 1 else f"{n}-{seen[n]}")
-            return out
-    return names
 
 
 def finite_or_none(v: float) -> float | None:

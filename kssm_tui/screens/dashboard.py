@@ -75,12 +75,12 @@ class Dashboard(Screen):
         if self._changed("stages", (tuple(sorted(states.items())), current, selected)):
             self.query_one("#plan").set_stages(states, current, selected)
 
-    def show_view(self, view: RunView, log_y: bool, smoothing: bool) -> None:
+    def show_view(self, view: RunView, log_y: bool, smoothing: bool, overlay=None, references=None) -> None:
         if view.replace_log:
             self.query_one("#events", EventLog).clear()
         if view.new_entries:
             self.query_one("#events").add_entries(view.new_entries)
-        self.show_charts(view, log_y, smoothing)
+        self.show_charts(view, log_y, smoothing, overlay, references)
         sparks_key = {k: tuple(v) for k, v in view.sparks.items()}
         if self._changed("sparks", sparks_key):
             self.query_one("#sparks").set_data(view.sparks)
@@ -90,15 +90,30 @@ class Dashboard(Screen):
             self.query_one("#matrix").set_rows(view.matrix_rows, view.stage, view.assessment)
         self.query_one("#run-info", Static).update(self.run_info(view))
 
-    def show_charts(self, view: RunView, log_y: bool, smoothing: bool) -> None:
+    def show_charts(self, view: RunView, log_y: bool, smoothing: bool, overlay=None, references=None) -> None:
+        """One run's charts, or with `overlay` (kssm_tui.overlay.OverlayView, built in the runs worker) the
+        marked runs on every chart; `references`: chart key -> [(name, steps, values)] drawn dashed."""
         for key, _ in CHARTS:
             spec = view.charts[key]
+            refs = (references or {}).get(key, [])
+            log = log_y and spec.log_ok
+            chart = self.query_one(f"#chart-{key}")
+            if overlay is not None:
+                oc = overlay.charts[key]
+                sig = ("overlay", overlay.serial, log, len(refs), tuple(spec.hlines))
+                if self._changed(f"chart-{key}", sig):
+                    chart.set_data(
+                        oc.series, hlines=spec.hlines, bands=spec.bands, log_y=log, smoothing=overlay.smoothing,
+                        y_label=spec.y_label, run_slots=oc.slots, references=refs, smoothed=oc.smoothed,
+                        ema_weight=overlay.ema_weight if overlay.smoothing else None, x_label=overlay.x_label,
+                    )
+                continue
             sig = (tuple((n, len(xs), xs[-1] if xs else None, ys[-1] if ys else None) for n, xs, ys in spec.series),
-                   log_y and spec.log_ok, smoothing, str(view.run_dir))
+                   log, smoothing, str(view.run_dir), len(refs))
             if self._changed(f"chart-{key}", sig):
-                self.query_one(f"#chart-{key}").set_data(
-                    spec.series, hlines=spec.hlines, bands=spec.bands, log_y=log_y and spec.log_ok,
-                    smoothing=smoothing, y_label=spec.y_label,
+                chart.set_data(
+                    spec.series, hlines=spec.hlines, bands=spec.bands, log_y=log,
+                    smoothing=smoothing, y_label=spec.y_label, references=refs,
                 )
 
     def run_info(self, view: RunView) -> Text:

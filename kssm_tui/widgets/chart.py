@@ -3,8 +3,9 @@
 Overlay of runs (``set_data(..., run_slots=...)``): each series is a run drawn in its slot's colour and marker
 (eight of each, so runs stay apart without colour; the header is the legend, naming each run with its glyph);
 ``references`` are drawn dashed and never smoothed; ``ema_weight`` smooths with TensorBoard's debiased EMA over
-every raw point and draws the raw series faint (dim dots) beneath. Without those arguments the chart draws
-exactly as before.
+every raw point and draws the raw series faint (dim dots) beneath; ``smoothed`` hands in those smoothed lines
+already computed (the cockpit builds them in its worker thread, so a render only thins and draws). Without those
+arguments the chart draws exactly as before.
 
 A thin wrapper of our own rather than textual-plotext, because the cockpit needs what that widget leaves to the
 caller: downsampling (a week-long run has millions of points), a render cache keyed on data and size, a lock
@@ -46,6 +47,14 @@ REFERENCE_COLOR = "gray+"
 REFERENCE_MARKER = "-"
 REFERENCE_GLYPH = "--"
 BAND_COLORS = ("blue", "green", "yellow", "magenta", "cyan", "red", "white")
+# plotext's names that Rich does not know (or knows as another shade), as the Rich colour of the same ANSI code.
+_RICH_COLORS = {"blue+": "bright_blue", "red+": "bright_red", "green+": "bright_green", "cyan+": "bright_cyan",
+                "magenta+": "bright_magenta", "gray": "bright_black", "gray+": "white", "white": "bright_white"}
+
+
+def rich_color(plotext_color: str) -> str:
+    """The Rich style of a plotext colour name (the header and the runs view name runs in the drawn colour)."""
+    return _RICH_COLORS.get(plotext_color, plotext_color)
 
 # Box-drawing and block glyphs plotext uses, mapped to ASCII for KSSM_ASCII=1 or non-UTF-8 terminals.
 _ASCII_TABLE = str.maketrans(
@@ -264,6 +273,9 @@ class MetricChart(Widget):
         self._refs: list[tuple[str, np.ndarray, np.ndarray]] = []
         self._ema_weight: float | None = None
         self._smoothed: list[np.ndarray] = []
+        self._raw_pre: list[tuple[Sequence, Sequence] | None] | None = None
+        self._pre: list[tuple[np.ndarray, np.ndarray] | None] = []  # the caller's smoothed lines, as arrays
+        self._pre_mode = False
         self._ema_cache: dict[str, tuple | None] = {}  # series name -> (weight, n, last x, last y, state, smoothed)
         self._x_label = "step"
         self._version = 0
@@ -286,6 +298,7 @@ class MetricChart(Widget):
         references: Sequence[Series] = (),
         ema_weight: float | None = None,
         x_label: str = "step",
+        smoothed: Sequence[tuple[Sequence[float], Sequence[float]] | None] | None = None,
     ) -> None:
         """Replace what the chart shows.
 
@@ -300,6 +313,9 @@ class MetricChart(Widget):
         ema_weight: with smoothing, TensorBoard's debiased EMA of this weight over every point, the raw series
             drawn faint beneath (None: the plain EMA of bucket means, without the raw series).
         x_label: the x axis' name (e.g. "active time (min)" when the caller passes times as steps).
+        smoothed: with smoothing, the smoothed line (x, values) of each series, computed by the caller (None for
+            a series without one): drawn as the line, the series itself faint beneath, nothing smoothed here;
+            ema_weight then only names the weight in the header.
         """
         # Conversion to arrays waits for the first render: a chart in a hidden tab never pays for it.
         self._raw_series = [(clean(name), steps, values) for name, steps, values in series]
@@ -313,6 +329,8 @@ class MetricChart(Widget):
         self._run_slots = [int(k) for k in run_slots] if run_slots is not None else None
         self._raw_refs = [(clean(name), steps, values) for name, steps, values in references]
         self._ema_weight = float(ema_weight) if ema_weight is not None and smoothing else None
+        self._raw_pre = list(smoothed) if smoothed is not None and smoothing else None
+        self._pre_mode = self._raw_pre is not None  # smoothed by the caller: render() never smooths
         self._x_label = clean(x_label) or "step"
         self._version += 1
         self.refresh()
@@ -325,7 +343,11 @@ class MetricChart(Widget):
             self._refs = [(name, *finite_xy(steps, values, memo)) for name, steps, values in self._raw_refs]
             self._raw_refs = []
             self._smoothed = []
-            if self._ema_weight is not None:  # once per data version: a resize does not recompute it
+            self._pre = []
+            if self._raw_pre is not None:  # smoothed by the caller: only converted here
+                self._pre = [finite_xy(p[0], p[1], memo) if p is not None else None for p in self._raw_pre]
+                self._raw_pre = None
+            elif self._ema_weight is not None:  # once per data version: a resize does not recompute it
                 self._smoothed = [self._smooth(name, x, y) for name, x, y in self._series]
             else:
                 self._ema_cache.clear()
@@ -374,14 +396,17 @@ class MetricChart(Widget):
         asc = ascii_mode()
         self._arrays()
         prepared, dropped = self._prepare(width)
-        header = self._header(prepared, dropped, asc, width)
+        # An overlay's legend gets a line of its own when it does not fit beside the title (and rows allow).
+        header = self._header(prepared, dropped, asc, width,
+                              two_lines=self._run_slots is not None and height - 2 >= MIN_PLOT_HEIGHT)
+        rows = height - 1 - header.plain.count("\n")
         if not any(len(p[1]) for p in prepared):
             body = Text("\n" + one_line("waiting for data", width), style="dim")
             return self._finish(header, body)
-        if width < MIN_PLOT_WIDTH or height - 1 < MIN_PLOT_HEIGHT:
-            return self._finish(header, self._sparklines(prepared, width, height - 1, asc))
+        if width < MIN_PLOT_WIDTH or rows < MIN_PLOT_HEIGHT:
+            return self._finish(header, self._sparklines(prepared, width, rows, asc))
         try:
-            ansi = self._build(prepared, width, height - 1, asc)
+            ansi = self._build(prepared, width, rows, asc)
         except Exception as exc:  # plotext edge cases must never take the cockpit down
             body = Text("\n" + one_line(f"chart error: {type(exc).__name__}: {exc}", width), style="dim")
             return self._finish(header, body)
@@ -421,6 +446,21 @@ class MetricChart(Widget):
         for i, (name, x, y) in enumerate(self._arrays()):
             style = self._style(i, asc)
             smoothed = self._smoothed[i] if self._smoothed else None
+            pre = self._pre[i] if i < len(self._pre) else None
+            if pre is not None:  # the caller's smoothed line (own x); the raw series faint beneath
+                sx, sy = pre
+                if self._log_y:
+                    positive = y > 0
+                    dropped += int(len(y) - positive.sum())
+                    x, y = x[positive], y[positive]
+                    sx, sy = sx[sy > 0], sy[sy > 0]
+                rx, ry = downsample(x, y, columns)
+                x, y = bucket_mean(sx, sy, columns)  # a smooth line: one point per column draws it (half the work)
+                if self._log_y:
+                    ry, y = np.log10(ry), np.log10(y)
+                raws.append((name, rx, ry, _Style(style.color, RAW_ASCII_MARKER if asc else RAW_MARKER, "raw")))
+                out.append((name, x, y, style))
+                continue
             if self._log_y:
                 positive = y > 0
                 dropped += int(len(y) - positive.sum())
@@ -433,7 +473,7 @@ class MetricChart(Widget):
                 if self._log_y:
                     ry = np.log10(ry)
                 raws.append((name, rx, ry, _Style(style.color, RAW_ASCII_MARKER if asc else RAW_MARKER, "raw")))
-            elif self._smoothing and len(y) > 2:
+            elif self._smoothing and len(y) > 2 and not self._pre_mode:
                 x, y = bucket_mean(x, y, columns * 2)
                 y = ema(y, span=max(3.0, len(y) / 25.0))
             else:
@@ -461,8 +501,10 @@ class MetricChart(Widget):
         slot = self._run_slots[i] if i < len(self._run_slots) else i
         return (RUN_ASCII_MARKERS if asc else RUN_GLYPHS)[slot % len(RUN_GLYPHS)]
 
-    def _header(self, prepared, dropped: int, asc: bool, width: int) -> Text:
-        """Title line: title, then each series' marker, name and last raw value; colour optional."""
+    def _header(self, prepared, dropped: int, asc: bool, width: int, two_lines: bool = False) -> Text:
+        """Title line: title, then each series' marker, name and last raw value; colour optional.
+
+        two_lines: when that does not fit in `width`, the legend (markers, names, values) goes on a second line."""
         head = Text(no_wrap=True, overflow="ellipsis", end="")
         head.append(self.title, style="bold")
         if self._log_y:
@@ -475,12 +517,25 @@ class MetricChart(Widget):
             glyph = self._glyph(i, asc)
             last = format_value(float(y[-1])) if len(y) else "n/a"
             head.append("  ")
-            head.append(f"{glyph} {name} {last}", style=self._style(i, asc).color)
+            color = self._style(i, asc).color
+            head.append(f"{glyph} {name} {last}", style=rich_color(color) if self._run_slots is not None else color)
         for name, _x, _y in self._refs:
             head.append("  ")
-            head.append(f"{REFERENCE_GLYPH} {name}", style=REFERENCE_COLOR)
+            head.append(f"{REFERENCE_GLYPH} {name}", style=rich_color(REFERENCE_COLOR))
         if dropped:
             head.append(f"  ({dropped} <= 0 not shown)", style="dim")
+        if two_lines and head.cell_len > width:
+            split = self._header(prepared, dropped, asc, 10**6)  # the same line, uncut
+            title_end = split.plain.index("  ", len(self.title)) if "  " in split.plain[len(self.title):] else None
+            if title_end is not None:
+                first, legend = split[:title_end], split[title_end + 2:]
+                first.truncate(width, overflow="ellipsis" if not asc else "crop")
+                legend.truncate(width, overflow="ellipsis" if not asc else "crop")
+                out = Text(no_wrap=True, overflow="ellipsis", end="")
+                out.append_text(first)
+                out.append("\n")
+                out.append_text(legend)
+                return out
         head.truncate(width, overflow="ellipsis" if not asc else "crop")
         return head
 

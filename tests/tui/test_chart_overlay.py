@@ -102,3 +102,29 @@ def test_a_growing_series_is_smoothed_incrementally_and_equals_the_whole():
     chart.set_data([("a", range(1510), rewound)], run_slots=[0], smoothing=True, ema_weight=0.9)
     chart._arrays()
     np.testing.assert_allclose(chart._smoothed[0], debiased_ema(rewound, 0.9), rtol=1e-12)
+
+
+def test_every_slot_and_the_reference_name_a_colour_rich_can_draw():
+    from rich.console import Console
+    from rich.style import Style
+
+    from kssm_tui.widgets.chart import REFERENCE_COLOR, rich_color
+
+    for color in RUN_COLORS + (REFERENCE_COLOR,):
+        Style.parse(rich_color(color))  # "gray+" / "blue+" are plotext's names: Rich raises MissingStyle on them
+    chart = MetricChart("loss")
+    chart.set_data([(f"r{k}", STEPS, A) for k in range(8)], run_slots=list(range(8)),
+                   references=[("paper", [0, 59], [9.0, 3.0])])
+    Console(file=__import__("io").StringIO(), width=300, color_system="standard").print(chart.render_plain(300, 20))
+
+
+def test_a_legend_too_long_for_the_title_line_gets_a_line_of_its_own():
+    chart = MetricChart("Val PPL")
+    chart.set_data([("results/stage2", STEPS, A), ("ablation/stage2", STEPS, B)], run_slots=[0, 1], smoothing=True,
+                   ema_weight=0.6)
+    lines = chart.render_plain(50, 20).plain.splitlines()
+    assert lines[0].startswith("Val PPL (EMA 0.6")
+    assert "results/stage2" in lines[1] and "ablation/stage2" in lines[1]
+    assert len(lines) <= 20
+    short = chart.render_plain(50, 6).plain.splitlines()  # no rows to spare: one line, cut
+    assert "results/stage2" in short[0] and len(short) <= 6
