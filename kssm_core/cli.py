@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "kssm_core.commands.clean",
     "kssm_core.commands.status",
     "kssm_core.commands.eval",
+    "kssm_core.commands.autopilot",
 )
 
 
