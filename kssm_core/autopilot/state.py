@@ -209,3 +209,62 @@ class StateError(Exception):
 
 def whoami() -> tuple[int, str]:
     return os.getpid(), socket.gethostname()
+
+
+def summary(runs_root: str | Path, decisions: int = 5) -> dict[str, Any] | None:
+    """What `kssm status` (and the cockpit) show about the autopilot of a runs root; None without a state.
+    `alive`: its lock is held by a live process (a state that says running without one: it was stopped)."""
+    from kssm_core.autopilot.lock import autopilot_lock_state
+
+    d = read_state(runs_root)
+    if d is None:
+        return None
+    lock, reason, info = autopilot_lock_state(autopilot_dir(runs_root))
+    stages = [s for s in d.get("stages") or [] if isinstance(s, dict)]
+    cur = d.get("current") if isinstance(d.get("current"), int) else None
+    rec = stages[cur - 1] if cur and 0 < cur <= len(stages) else {}
+    attempts = rec.get("attempts") or []
+    return {
+        "runs_root": str(runs_root),
+        "state_file": str(autopilot_dir(runs_root) / layout.AUTOPILOT_STATE),
+        "status": d.get("status"),
+        "alive": lock == "live",
+        "lock": lock,
+        "lock_reason": reason,
+        "pid": info.pid if info is not None and lock == "live" else d.get("pid"),
+        "stage": cur,
+        "stage_name": rec.get("name"),
+        "attempt": len(attempts) or None,
+        "held": d.get("held"),
+        "next": d.get("next"),
+        "report": d.get("report"),
+        "updated_at": d.get("updated_at"),
+        "stages": [{"index": s.get("index"), "name": s.get("name"), "status": s.get("status"),
+                    "attempts": len(s.get("attempts") or []), "verdict": s.get("verdict")} for s in stages],
+        "decisions": [{k: x.get(k) for k in ("t", "stage", "decision", "reason")}
+                      for x in read_decisions(runs_root, last=decisions)],
+    }
+
+
+def describe(s: dict[str, Any]) -> list[str]:
+    """Plain-text lines for `kssm status` from summary()."""
+    status = str(s.get("status") or "?")
+    if status == "running" and not s.get("alive"):
+        head = f"autopilot ({s['runs_root']}): NOT RUNNING (its state says running; {s.get('lock_reason')}): " \
+               f"`kssm autopilot {s['runs_root']}` carries on and re-attaches"
+    else:
+        who = f", PID {s['pid']}" if s.get("alive") and s.get("pid") else ""
+        head = f"autopilot ({s['runs_root']}): {status.upper()}{who}"
+        if s.get("stage"):
+            head += f"  stage {s['stage']} ({s.get('stage_name')}), attempt {s.get('attempt') or '-'}"
+    lines = [head]
+    held = s.get("held")
+    if held:
+        lines.append(f"  held at stage {held.get('stage')} ({held.get('what')}): {held.get('why')}")
+    if s.get("next"):
+        lines.append(f"  next: {s['next']}")
+    for x in s.get("decisions") or []:
+        when = time.strftime("%H:%M:%S", time.localtime(x["t"])) if isinstance(x.get("t"), (int, float)) else "?"
+        where = f"stage {x['stage']}" if x.get("stage") else "plan"
+        lines.append(f"  {when} {where}: {x.get('decision')}: {x.get('reason')}")
+    return lines

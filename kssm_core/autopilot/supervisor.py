@@ -243,6 +243,7 @@ class Supervisor:
             rec.verdict, rec.rows = d.verdict or rec.verdict, d.rows or rec.rows
             if d.rows:
                 rec.summary = status.assessment.summary
+            extra.pop("what", None)
             return self._hold(rec, d.what or "hold", d.reason, rows=d.rows, **extra)
         if d.kind == "evaluate":
             rec.evaluated = True
@@ -284,8 +285,9 @@ class Supervisor:
                              extra=[*self.plan.args, *stage.args, "--quiet"])
         attempt = Attempt(len(rec.attempts) + 1, d.kind, d.reason, argv,
                           learning_rate=rec.overrides.get("learning_rate"))
-        note = "" if resume or d.kind == "start" and status.state == "not_started" else \
-            " (a fresh start: the trainer moves the folder's previous run to previous/<UTC time>/)"
+        has_run = status.step is not None or status.newest_checkpoint is not None
+        note = " (a fresh start: the trainer moves the folder's previous run to previous/<UTC time>/)" \
+            if not resume and has_run else ""
         self._decide(rec.index, d.kind, d.reason + note, argv=cmdline.text(argv), attempt=attempt.n, **extra)
         if d.delay_s:
             st = self.state
