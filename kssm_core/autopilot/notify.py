@@ -15,7 +15,7 @@ import sys
 from typing import Any, Callable
 
 # Which decisions a person hears about.
-NOTIFY_KINDS = frozenset({"hold", "pass", "remedy", "resume", "retry", "rewind", "stop", "done", "attach"})
+NOTIFY_KINDS = frozenset({"hold", "pass", "remedy", "resume", "retry", "rewind", "stop", "done", "stopped", "attach"})
 NOTIFY_TIMEOUT_S = 10.0
 
 

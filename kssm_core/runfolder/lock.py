@@ -193,7 +193,8 @@ class RunLock:
                     return None
                 except FileExistsError:
                     info = read_lock(self.path.parent, self.name)
-                    state, reason = lock_state(info, self.name)
+                    state, reason = lock_state(info)
+                    reason = reason.replace(LOCK_NAME, self.name)
                     if info is not None and info.unreadable is not None:
                         raise LockHeld(f"{self.path.parent}: {reason}")
                     if state in ("live", "foreign"):

@@ -173,7 +173,7 @@ def test_a_sigstopped_trainer_is_a_stall_stopped_and_resumed(tmp_path, data_dir,
 
 def test_the_autopilot_sigkilled_and_restarted_reattaches_to_its_trainer(tmp_path, data_dir, pids):
     root, log = tmp_path / "runs", tmp_path / "autopilot.log"
-    plan = write_plan(tmp_path, data_dir, [{"steps": 40, "gate": 1}])
+    plan = write_plan(tmp_path, data_dir, [{"steps": 60, "gate": 1}])
     first = start_autopilot(root, plan, log)
     run = root / "stage1"
     pid = wait_until(lambda: newest_step(run) >= 3 and live_trainer(run), 90, "step 3", first, log)
@@ -182,17 +182,21 @@ def test_the_autopilot_sigkilled_and_restarted_reattaches_to_its_trainer(tmp_pat
     first.wait()
     assert live_trainer(run) == pid  # the trainer outlives its autopilot (own session)
     second = start_autopilot(root, plan, log)
-    assert finish(second, 120, log) == 0, log.read_text()[-3000:]
+    wait_until(lambda: "attach" in kinds(root), 60, "the second autopilot to attach", second, log)
+    second.send_signal(signal.SIGTERM)  # stopped by a person: it says so, exits 1, leaves the trainer alone
+    assert finish(second, 30, log) == 1 and kinds(root)[-1] == "stopped" and live_trainer(run) == pid
+    third = start_autopilot(root, plan, log)
+    assert finish(third, 120, log) == 0, log.read_text()[-3000:]
     ds = decisions(root)
-    attach = next(d for d in ds if d["decision"] == "attach")
-    assert attach["pid"] == pid and "no new trainer" in attach["reason"]
+    attaches = [d for d in ds if d["decision"] == "attach"]
+    assert len(attaches) == 2 and all(d["pid"] == pid and "no new trainer" in d["reason"] for d in attaches)
     assert [d["decision"] for d in ds].count("start") == 1  # only the first autopilot started a trainer
     assert any(d["decision"] == "lock" and "stale" in d["reason"] for d in ds)  # took over the dead one's lock
     starts = run_starts(run)
     assert len(starts) == 1 and starts[0]["pid"] == pid  # no new run_start
     assert read_events(run)[-1]["status"] == "completed"
     state = json.loads((root / layout.AUTOPILOT_DIR / layout.AUTOPILOT_STATE).read_text())
-    assert state["launches"] == 2 and len(state["stages"][0]["attempts"]) == 1
+    assert state["launches"] == 3 and len(state["stages"][0]["attempts"]) == 1 and state["status"] == "passed"
 
 
 def test_a_learning_rate_that_always_gives_nan_rewinds_at_falling_rates_then_holds(tmp_path, data_dir):
