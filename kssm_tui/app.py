@@ -32,6 +32,7 @@ from .screens.dashboard import CHARTS, Dashboard
 from .screens.help import HelpScreen
 from .safe_text import clean
 from .keys import KEYS, MUTATING, MUTATING_KEYS, bindings
+from .autopilot_key import AutopilotActions
 from .run_actions import RunActions
 from .tail import Monitor, monitor_loop
 from .watch import WatchTarget, watch_loop
@@ -39,7 +40,7 @@ from .watch import WatchTarget, watch_loop
 TAIL_INTERVAL_S = 0.5
 
 
-class KssmApp(RunActions, App):
+class KssmApp(RunActions, AutopilotActions, App):
     """The training cockpit."""
 
     CSS_PATH = "app.tcss"
@@ -47,12 +48,14 @@ class KssmApp(RunActions, App):
     BINDINGS = bindings()
 
     def __init__(self, runs_root: str | Path = "results", attach: str | Path | None = None, readonly: bool = False,
-                 watch: bool = True, tail_interval: float = TAIL_INTERVAL_S, cwd: Path | None = None) -> None:
+                 watch: bool = True, tail_interval: float = TAIL_INTERVAL_S, cwd: Path | None = None,
+                 plan: str | Path | None = None) -> None:
         ascii_chrome.apply()
         super().__init__()
         self.runs_root = Path(runs_root)
         self.attach = Path(attach) if attach else None
         self.readonly = readonly
+        self.plan_path = Path(plan) if plan else None  # the autopilot's (`a`); None: the runbook's five stages
         self.watch_enabled = watch
         self.tail_interval = tail_interval
         self.controller = ctl.TrainerController(cwd)
@@ -313,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="folder holding stage1..stage4 and final (default: ./results)")
     p.add_argument("--attach", metavar="DIR", help="watch this run folder (any run, including legacy ones)")
     p.add_argument("--readonly", action="store_true", help="disable every key that changes anything")
+    p.add_argument("--plan", metavar="FILE", help="the autopilot's TOML plan for `a` (docs/autopilot.md)")
     args = p.parse_args(argv)
     if args.attach and not Path(args.attach).is_dir():
         print(f"kssm-tui: {args.attach} is not a folder; pass a run folder (e.g. results/stage1)", file=sys.stderr)
@@ -321,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     if root.exists() and not root.is_dir():
         print(f"kssm-tui: {root} is a file, not a runs folder", file=sys.stderr)
         return 2
-    app = KssmApp(root, attach=args.attach, readonly=args.readonly)
+    app = KssmApp(root, attach=args.attach, readonly=args.readonly, plan=args.plan)
     app.run()
     return app.return_code or 0
 
