@@ -60,6 +60,7 @@ class StageRecord:
     init_from: str | None = None  # the weights the stage starts from (the previous stage's best model)
     last_error: dict | None = None  # {"sig", "step"}: the same error twice without a new step is a loop
     stop_sent: dict | None = None  # {"pid", "t", "why", "killed"}: we stopped a stalled trainer
+    pending: dict | None = None  # a trainer decided on but not started yet (in its backoff): {"kind", "reason", "argv", "at"}
     evaluated: bool = False  # `kssm eval all` ran for a stage-5 gate
     verdict: str | None = None
     summary: str | None = None

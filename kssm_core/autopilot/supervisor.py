@@ -110,7 +110,16 @@ class Supervisor:
                 self._decide(None, "lock", f"took over the stale lock of an autopilot that is gone ({took.describe})")
             for line in first:
                 self._decide(None, "launch", line)
-            return self._run_plan()
+            try:
+                return self._run_plan()
+            except Exception as exc:  # never a silent death: say it, hold, leave the trainer alone
+                import traceback
+
+                traceback.print_exc()
+                rec = self.state.stage(self.state.current)
+                self._hold(rec, "autopilot_error", f"the autopilot itself failed: {type(exc).__name__}: {exc} "
+                                                   f"(a live trainer keeps running; run the autopilot again)")
+                return self._finish("held")
         finally:
             self.lock.release()
 
@@ -213,6 +222,15 @@ class Supervisor:
                 entry = False
                 self._watch(rec, stage, run_dir, pid)
                 continue
+            if rec.pending is not None:  # decided before this autopilot was stopped / killed, never started
+                if entry:
+                    self._decide(rec.index, "launch", f"carrying out the {rec.pending['kind']} decided before this "
+                                                      f"autopilot started: {rec.pending['reason']}")
+                entry = False
+                out = self._launch(rec, run_dir)
+                if out is not None:
+                    return out
+                continue
             rc = self._reap()
             status, history = self._status(run_dir)
             self._close_attempt(rec, status, history, rc)
@@ -283,24 +301,34 @@ class Supervisor:
         argv = cmdline.train(stage=stage.gate, max_steps=stage.steps, output_dir=run_dir, resume=resume,
                              init_from=init_from, overrides=rec.overrides,
                              extra=[*self.plan.args, *stage.args, "--quiet"])
-        attempt = Attempt(len(rec.attempts) + 1, d.kind, d.reason, argv,
-                          learning_rate=rec.overrides.get("learning_rate"))
         has_run = status.step is not None or status.newest_checkpoint is not None
         note = " (a fresh start: the trainer moves the folder's previous run to previous/<UTC time>/)" \
             if not resume and has_run else ""
-        self._decide(rec.index, d.kind, d.reason + note, argv=cmdline.text(argv), attempt=attempt.n, **extra)
-        if d.delay_s:
-            st = self.state
-            st.next = f"stage {rec.index}: {d.kind} in {d.delay_s:g}s"
-            self.store.save(st)
-            self._sleep(d.delay_s)
+        # decided and saved before the backoff: an autopilot killed meanwhile carries it out when started again
+        rec.pending = {"kind": d.kind, "reason": d.reason, "argv": argv, "at": time.time() + d.delay_s}
+        self._decide(rec.index, d.kind, d.reason + note, argv=cmdline.text(argv), attempt=len(rec.attempts) + 1,
+                     **extra)
+        return self._launch(rec, run_dir)
+
+    def _launch(self, rec: StageRecord, run_dir: Path) -> str | None:
+        """Start the pending trainer once its backoff is over (None: go round again; 'stopped')."""
+        p = rec.pending
+        wait = float(p.get("at") or 0) - time.time()
+        if wait > 0:
+            self.state.next = f"stage {rec.index}: {p['kind']} in {wait:.0f}s"
+            self.store.save(self.state)
+            self._sleep(wait)
             if self.stopping:
                 return "stopped"
+        if self._live_pid(run_dir, rec) is not None:  # someone started a trainer there meanwhile: watch that one
+            rec.pending = None
+            return None
+        argv = list(p["argv"])
         self.child = spawn_detached(cmdline.spawnable(argv), run_dir / layout.TRAINER_OUT)
-        attempt.pid, attempt.pid_start_time = self.child.pid, start_time_of(self.child.pid)
-        attempt.started_at = time.time()
+        attempt = Attempt(len(rec.attempts) + 1, p["kind"], p["reason"], argv, pid=self.child.pid,
+                          pid_start_time=start_time_of(self.child.pid), learning_rate=rec.overrides.get("learning_rate"))
         rec.attempts.append(attempt)
-        rec.stop_sent = None
+        rec.pending, rec.stop_sent = None, None
         self.state.next = self._next_line(rec, attempt)
         self.store.save(self.state)
         return None

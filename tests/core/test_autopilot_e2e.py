@@ -136,16 +136,21 @@ def test_a_three_stage_plan_passes_every_gate_unattended(tmp_path, data_dir):
 
 
 def test_a_trainer_sigkilled_mid_stage_is_resumed_and_the_stage_completes(tmp_path, data_dir, pids):
+    """... even when the autopilot itself is killed during the resume's backoff: started again, it carries
+    the decided resume out (no second crash counted, no crash loop)."""
     root, log = tmp_path / "runs", tmp_path / "autopilot.log"
-    plan = write_plan(tmp_path, data_dir, [{"steps": 30, "gate": 1}])
+    plan = write_plan(tmp_path, data_dir, [{"steps": 30, "gate": 1}], backoff_s=[3])
     ap = start_autopilot(root, plan, log)
     run = root / "stage1"
     pid = wait_until(lambda: newest_step(run) >= 8 and live_trainer(run), 90, "step 8", ap, log)
     pids.append(pid)
     os.kill(pid, signal.SIGKILL)
-    assert finish(ap, 120, log) == 0, log.read_text()[-3000:]
+    wait_until(lambda: "resume" in kinds(root), 30, "the resume decision", ap, log)
+    ap.kill()  # in the 3 s backoff
+    ap.wait()
+    assert finish(start_autopilot(root, plan, log), 120, log) == 0, log.read_text()[-3000:]
     ks = kinds(root)
-    assert "resume" in ks and ks[-2:] == ["pass", "done"]
+    assert ks.count("resume") == 1 and "launch" in ks and ks[-2:] == ["pass", "done"]
     starts = run_starts(run)
     assert len(starts) == 2 and starts[1]["start_step"] >= 5 and starts[1]["pid"] != pid
     assert read_events(run)[-1]["status"] == "completed" and newest_step(run) == 30
