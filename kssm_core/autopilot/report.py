@@ -51,7 +51,7 @@ def build(runs_root: str | Path, state: State, decisions: list[dict]) -> dict[st
                 "command": cmdline.text(a.argv) if a.argv else None,
                 "started_at": a.started_at, "ended_at": a.ended_at, "duration_s": _duration(a.started_at, a.ended_at),
                 "outcome": a.outcome, "outcome_reason": a.outcome_reason, "step": a.step,
-                "learning_rate": a.learning_rate,
+                "learning_rate": a.learning_rate, "gate": a.gate,
             })
         stages.append({
             "index": rec.index, "name": rec.name, "output_dir": str(root / rec.output_dir), "steps": rec.steps,
@@ -92,12 +92,13 @@ def render_md(report: dict[str, Any]) -> str:
         for r in s.get("rows") or []:
             lines.append(f"  - [{r['verdict']}] {r['metric']}: {r['reason']}")
         if s["attempts"]:
-            lines += ["", "| # | kind | why | outcome | step | duration |", "|---|---|---|---|---|---|"]
+            lines += ["", "| # | kind | why | outcome | step | gate | duration |", "|---|---|---|---|---|---|---|"]
             for a in s["attempts"]:
                 why = str(a["reason"]).replace("|", "/")
                 out = (a["outcome"] or "-") + (f" ({a['outcome_reason']})" if a.get("outcome_reason") else "")
-                lines.append(f"| {a['n']} | {a['kind']} | {why} | {out.replace('|', '/')} | {a['step'] if a['step'] is not None else '-'} "
-                             f"| {format_duration(a['duration_s'])} |")
+                gate = str(a.get("gate") or "-").replace("|", "/")
+                lines.append(f"| {a['n']} | {a['kind']} | {why} | {out.replace('|', '/')} | "
+                             f"{a['step'] if a['step'] is not None else '-'} | {gate} | {format_duration(a['duration_s'])} |")
         lines.append("")
     ev = report.get("final_evaluation")
     if ev:

@@ -36,6 +36,7 @@ class Attempt:
     outcome_reason: str | None = None
     step: int | None = None
     learning_rate: float | None = None
+    gate: str | None = None  # the gate's summary when this attempt's run was judged
 
     @classmethod
     def from_dict(cls, d: dict) -> "Attempt":

@@ -248,21 +248,23 @@ class Supervisor:
     def _act(self, rec: StageRecord, stage: StagePlan, run_dir: Path, d: Decision, status, history: RunHistory) -> str | None:
         """Carry the decision out; 'pass' / 'hold' / 'stopped' end the stage, None goes round again."""
         extra = {k: v for k, v in (("overrides", d.overrides), ("delay_s", d.delay_s), ("what", d.what),
-                                     ("verdict", d.verdict), ("checkpoint", d.checkpoint)) if v}
+                                     ("verdict", d.verdict), ("checkpoint", d.checkpoint), ("rows", d.rows)) if v}
+        if d.rows and rec.attempt is not None:
+            rec.attempt.gate = status.assessment.summary
         if d.kind == "wait":
             self._sleep(self.plan.budgets.poll_s)
             return None
         if d.kind == "pass":
             rec.status, rec.ended_at, rec.verdict, rec.rows = "passed", time.time(), d.verdict, d.rows
             rec.summary = status.assessment.summary
-            self._decide(rec.index, "pass", d.reason, rows=d.rows, **extra)
+            self._decide(rec.index, "pass", d.reason, **extra)
             return "pass"
         if d.kind == "hold":
             rec.verdict, rec.rows = d.verdict or rec.verdict, d.rows or rec.rows
             if d.rows:
                 rec.summary = status.assessment.summary
             extra.pop("what", None)
-            return self._hold(rec, d.what or "hold", d.reason, rows=d.rows, **extra)
+            return self._hold(rec, d.what or "hold", d.reason, **extra)
         if d.kind == "evaluate":
             rec.evaluated = True
             self._decide(rec.index, "evaluate", d.reason)
