@@ -2,9 +2,10 @@
 attempts, the gate's verdict rows, the remedies, the durations, and the final evaluation when the plan
 reached a stage gated by stage 5.
 
-This is the autopilot's own small report. `kssm report` (kssm_core/commands/report.py, being built on
-another branch) will render a whole runs root; once it lands, `full_report` below is the one place to
-call it from (see its docstring).
+This is the autopilot's own small report. `kssm report` (kssm_core/commands/report.py +
+kssm_core/reports/report.py, built on another branch) renders a whole runs root with figures; `full_report`
+below is the one place that calls it, and does so only where that module exists (on this branch it does
+not yet: the call is then skipped).
 """
 
 from __future__ import annotations
@@ -100,25 +101,37 @@ def render_md(report: dict[str, Any]) -> str:
                 lines.append(f"| {a['n']} | {a['kind']} | {why} | {out.replace('|', '/')} | "
                              f"{a['step'] if a['step'] is not None else '-'} | {gate} | {format_duration(a['duration_s'])} |")
         lines.append("")
+    full = report.get("full_report")
+    if full and full.get("report"):
+        lines += [f"The whole runs root, with figures: `{full['report']}` (kssm report).", ""]
     ev = report.get("final_evaluation")
     if ev:
         lines += ["## Final evaluation", "", f"{str(ev.get('verdict', '?')).upper()}: {ev.get('message', '')}", ""]
     return "\n".join(lines) + "\n"
 
 
-def write(runs_root: str | Path, state: State, decisions: list[dict]) -> Path:
+def write(runs_root: str | Path, state: State, decisions: list[dict], criteria=None) -> Path:
     folder = Path(runs_root) / layout.AUTOPILOT_DIR
     rep = build(runs_root, state, decisions)
+    rep["full_report"] = full_report(runs_root, criteria)
     atomic_write_bytes(folder / layout.AUTOPILOT_REPORT_JSON,
                        json.dumps(rep, indent=1, allow_nan=False, default=str).encode("utf-8"))
     md = folder / layout.AUTOPILOT_REPORT_MD
     atomic_write_bytes(md, render_md(rep).encode("utf-8"))
-    full_report(runs_root)
     return md
 
 
-def full_report(runs_root: str | Path) -> None:
-    """HOOK: `kssm report` (kssm_core/commands/report.py, on another branch) renders the whole runs root.
-    When it lands, call it here (e.g. its report-building function on `runs_root`, writing next to
-    report.md); until then the autopilot's own report.md / report.json above are the whole report."""
-    return None
+def full_report(runs_root: str | Path, criteria=None) -> dict | None:
+    """HOOK: the whole runs root through `kssm report` (RUNS_ROOT/report/report.md, with figures when
+    matplotlib is installed), when kssm_core.reports.report exists (another branch: absent here, so None).
+    Written against its `write_report(paths, out_dir=None, *, figures=None, criteria=None)`; it never fails
+    the autopilot: a problem is returned as {"error": ...}. report.json records what it returned."""
+    try:
+        from kssm_core.reports.report import write_report  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    try:
+        result = write_report([str(runs_root)], None, figures=None, criteria=criteria)
+    except Exception as exc:  # noqa: BLE001 - a report is never worth a failed autopilot
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    return {"report": str(getattr(result, "report", "")), "notes": list(getattr(result, "notes", []) or [])}

@@ -186,7 +186,7 @@ class Supervisor:
             st.status = "held"
             code = EXIT_HELD
         try:
-            st.report = str(report_mod.write(self.root, st, read_decisions(self.root)))
+            st.report = str(report_mod.write(self.root, st, read_decisions(self.root), self.plan.criteria))
         except OSError as exc:
             self.echo(f"kssm autopilot: cannot write the report: {exc.strerror or exc}")
         self.store.save(st)

@@ -415,3 +415,25 @@ def test_notify_command_gets_the_event_as_json_and_tmux_a_message(tmp_path, monk
 
 def test_plan_module_reexports_nothing_surprising():
     assert plan_mod.OWNED_FLAGS[0] == "--output-dir"
+
+
+def test_the_kssm_report_hook_is_called_only_where_that_module_exists(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from kssm_core.autopilot import report as rep
+
+    monkeypatch.delitem(sys.modules, "kssm_core.reports.report", raising=False)
+    monkeypatch.setitem(sys.modules, "kssm_core.reports", None)  # absent (as on this branch): skipped
+    assert rep.full_report(tmp_path) is None
+    calls = []
+    fake = types.ModuleType("kssm_core.reports.report")
+    fake.write_report = lambda paths, out, **kw: calls.append((paths, out, kw)) or types.SimpleNamespace(
+        report=tmp_path / "report" / "report.md", notes=["no matplotlib"])
+    monkeypatch.setitem(sys.modules, "kssm_core.reports", types.ModuleType("kssm_core.reports"))
+    monkeypatch.setitem(sys.modules, "kssm_core.reports.report", fake)
+    got = rep.full_report(tmp_path, criteria="C")
+    assert got == {"report": str(tmp_path / "report" / "report.md"), "notes": ["no matplotlib"]}
+    assert calls == [([str(tmp_path)], None, {"figures": None, "criteria": "C"})]
+    fake.write_report = lambda *a, **k: (_ for _ in ()).throw(OSError("disk full"))
+    assert rep.full_report(tmp_path) == {"error": "OSError: disk full"}
