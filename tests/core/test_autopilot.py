@@ -437,3 +437,23 @@ def test_the_kssm_report_hook_is_called_only_where_that_module_exists(tmp_path, 
     assert calls == [([str(tmp_path)], None, {"figures": None, "criteria": "C"})]
     fake.write_report = lambda *a, **k: (_ for _ in ()).throw(OSError("disk full"))
     assert rep.full_report(tmp_path) == {"error": "OSError: disk full"}
+
+
+def test_a_stage_without_disk_room_for_its_checkpoints_holds(tmp_path, monkeypatch):
+    import collections
+
+    from kssm_core.autopilot import supervisor as sup_mod
+
+    plan = plan_from_dict({"stage": [{"steps": 10}, {"steps": 10}]})
+    sup = sup_mod.Supervisor(tmp_path / "runs", plan, echo=lambda _l: None, notify=lambda _e: None)
+    sup.state = State(str(tmp_path / "runs"), plan.to_dict(), plan.digest,
+                      [StageRecord(s.index, s.name, s.output_dir, s.steps, s.gate) for s in plan.stages])
+    s1 = tmp_path / "runs" / "stage1"
+    s1.mkdir(parents=True)
+    (s1 / layout.checkpoint_name(10)).write_bytes(b"x" * 1000)
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(sup_mod.shutil, "disk_usage", lambda _p: usage(10**9, 0, 6999))
+    why = sup._disk_problem(tmp_path / "runs" / "stage2", sup.state.stage(2))
+    assert why.startswith("disk: 0 MB free") and "kssm clean" in why
+    monkeypatch.setattr(sup_mod.shutil, "disk_usage", lambda _p: usage(10**9, 0, 7000))
+    assert sup._disk_problem(tmp_path / "runs" / "stage2", sup.state.stage(2)) is None
