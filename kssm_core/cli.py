@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "kssm_core.commands.eval",
     "kssm_core.commands.export",
     "kssm_core.commands.report",
+    "kssm_core.commands.autopilot",
 )
 
 

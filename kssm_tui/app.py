@@ -37,6 +37,7 @@ from .screens.help import HelpScreen
 from .screens.runs import RunsScreen
 from .safe_text import clean
 from .keys import KEYS, MUTATING, MUTATING_KEYS, RUNS_VIEW_KEYS, bindings
+from .autopilot_key import AutopilotActions
 from .run_actions import RunActions
 from .tail import Monitor, monitor_loop
 from .watch import WatchTarget, watch_loop
@@ -44,7 +45,7 @@ from .watch import WatchTarget, watch_loop
 TAIL_INTERVAL_S = 0.5
 
 
-class KssmApp(RunActions, App):
+class KssmApp(RunActions, AutopilotActions, App):
     """The training cockpit."""
 
     CSS_PATH = "app.tcss"
@@ -53,14 +54,16 @@ class KssmApp(RunActions, App):
 
     def __init__(self, runs_root: str | Path = "results", attach: str | Path | None = None, readonly: bool = False,
                  watch: bool = True, tail_interval: float = TAIL_INTERVAL_S, cwd: Path | None = None,
-                 compare=(), reference=None) -> None:
+                 compare=(), reference=None, plan: str | Path | None = None) -> None:
         """`compare`: run folders overlaid from the start (at most MAX_OVERLAY); `reference`: a
-        kssm_core.reports.overlay.Reference (read before the App starts: a bad file never gets this far)."""
+        kssm_core.reports.overlay.Reference (read before the App starts: a bad file never gets this far);
+        `plan`: the autopilot's plan file for the `a` key."""
         ascii_chrome.apply()
         super().__init__()
         self.runs_root = Path(runs_root)
         self.attach = Path(attach) if attach else None
         self.readonly = readonly
+        self.plan_path = Path(plan) if plan else None  # the autopilot's (`a`); None: the runbook's five stages
         self.watch_enabled = watch
         self.tail_interval = tail_interval
         self.controller = ctl.TrainerController(cwd)
@@ -438,6 +441,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="a published trajectory to draw, dashed, on the matching charts: CSV with a step column "
                         "and any of loss, ce, reg, R, u_val, val_loss, val_ppl, or JSON lines of the same")
     p.add_argument("--readonly", action="store_true", help="disable every key that changes anything")
+    p.add_argument("--plan", metavar="FILE", help="the autopilot's TOML plan for `a` (docs/autopilot.md)")
     args = p.parse_args(argv)
     if args.attach and not Path(args.attach).is_dir():
         print(f"kssm-tui: {args.attach} is not a folder; pass a run folder (e.g. results/stage1)", file=sys.stderr)
@@ -468,7 +472,8 @@ def main(argv: list[str] | None = None) -> int:
         except ReferenceError as exc:
             print(f"kssm-tui: --reference {clean(exc)}", file=sys.stderr)
             return 2
-    app = KssmApp(root, attach=args.attach, readonly=args.readonly, compare=compare, reference=reference)
+    app = KssmApp(root, attach=args.attach, readonly=args.readonly, compare=compare, reference=reference,
+                  plan=args.plan)
     app.run()
     return app.return_code or 0
 

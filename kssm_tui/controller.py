@@ -19,6 +19,7 @@ from pathlib import Path
 
 from kssm_core.runbook.stages import STAGES, stage as stage_of
 from kssm_core.runbook import cmdline
+from kssm_core.runbook.spawn import spawn_detached
 from kssm_core.runfolder import layout
 from kssm_core.runfolder.foreign import foreign_run
 from kssm_core.runfolder.lock import lock_state, read_lock
@@ -147,21 +148,7 @@ class TrainerController:
         found = foreign_run(run_dir, check_formats=False)
         if found is not None:
             raise ForeignFolder(f"not started: {run_dir} holds {found.what()}; kssm never writes into it")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        out = open(run_dir / out_name, "ab")
-        try:
-            proc = subprocess.Popen(
-                command,
-                cwd=self.cwd,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own session: SIGHUP from a lost terminal never reaches it
-                close_fds=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        finally:
-            out.close()  # the child holds its own descriptor
+        proc = spawn_detached(command, run_dir / out_name, cwd=self.cwd)
         self._others.append(proc)
         return proc
 

@@ -24,6 +24,8 @@ KEYS: tuple[Key, ...] = (
     Key("u", "unlock", "Unlock", "clear a stale lock (refuses a live one)", mutates=True),
     Key("c", "clean", "Clean", "delete old checkpoints (lists the files first)", mutates=True),
     Key("e", "eval", "Eval", "run `kssm eval all` on the shown run's best model", mutates=True, show=False),
+    Key("a", "autopilot", "Autopilot", "start the autopilot (shows the plan and budgets first), or stop it", mutates=True,
+        show=False),
     Key("l", "toggle_log", "Log", "log-scale toggle for val PPL and grad norm"),
     Key("m", "toggle_smooth", "Smooth", "smoothing toggle for the charts (overlaid runs: TensorBoard's EMA, raw faint)"),
     Key("g", "next_chart", "Chart", "show the next chart (loss, val PPL, R, u_val, grad norm)", show=False),

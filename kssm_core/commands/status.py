@@ -72,13 +72,22 @@ def _report(runs, paths, criteria, args, followers) -> int:
             follower = followers[key]
         statuses.append(run_status(d, criteria, follower=follower, use_cache=not args.no_cache))
     code = max([s.exit_code for s in statuses], default=EXIT_OK)
+    pilot = _autopilot(paths)
     if args.json:
         body = {"schema": "kssm-status-report/1", "paths": [str(p) for p in paths], "exit_code": code,
                 "runs": [s.to_dict() for s in statuses]}
+        if pilot is not None:
+            body["autopilot"] = pilot
         if not statuses:
             body["message"] = _nothing_message(paths)
         print(json.dumps(body, indent=2, allow_nan=False, default=str), flush=True)
     else:
+        if pilot is not None:
+            from kssm_core.autopilot.state import describe
+
+            print("\n".join(_clean(line) for line in describe(pilot)))
+            if statuses:
+                print()
         if not statuses:
             print(_nothing_message(paths))
         for i, s in enumerate(statuses):
@@ -87,6 +96,22 @@ def _report(runs, paths, criteria, args, followers) -> int:
             print(format_status(s))
         sys.stdout.flush()
     return code
+
+
+def _autopilot(paths) -> dict | None:
+    """The autopilot of the first PATH (or the runs root holding it) with RUNS_ROOT/autopilot/state.json."""
+    from pathlib import Path
+
+    from kssm_core.autopilot.state import summary
+    from kssm_core.runfolder.layout import is_run_dir
+
+    for p in paths:
+        p = Path(p)
+        for root in (p, p.parent) if is_run_dir(p) else (p,):
+            found = summary(root)
+            if found is not None:
+                return found
+    return None
 
 
 def _nothing_message(paths) -> str:

@@ -59,11 +59,34 @@ def previous_best(runs_root: str | Path, stage: int | None) -> Path | None:
     return best if best.is_file() else None
 
 
+def without_flags(args: Iterable[str], names: Iterable[str]) -> list[str]:
+    """`args` less each `--flag VALUE` / `--flag=VALUE` whose TrainConfig field name is in `names`
+    (an override replaces a flag instead of following it: the printed command says each setting once)."""
+    flags = {_flag(n) for n in names}
+    out: list[str] = []
+    items = list(args)
+    i = 0
+    while i < len(items):
+        a = items[i]
+        if a in flags:
+            i += 2 if i + 1 < len(items) and not items[i + 1].startswith("--") else 1
+            continue
+        if a.split("=", 1)[0] in flags and "=" in a:
+            i += 1
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
 def train(*, stage: int | None = None, output_dir: str | Path | None = None, runs_root: str | Path | None = None,
           resume: bool = False, max_steps: int | None = None, init_from: str | Path | None = None,
-          config: dict | None = None, overrides: dict[str, Any] | None = None) -> list[str]:
+          config: dict | None = None, overrides: dict[str, Any] | None = None,
+          extra: Iterable[str] = ()) -> list[str]:
     """`kssm train ...`: a stage (its default target unless max_steps says otherwise), into a folder, with the
-    run's carried settings (`config`) and `overrides` (TrainConfig field names: learning_rate=..., seed=...)."""
+    run's carried settings (`config`) and `overrides` (TrainConfig field names: learning_rate=..., seed=...).
+    `extra`: more trainer flags (an autopilot plan's `args`), placed before the overrides, which replace any
+    of them that set the same field."""
     overrides = dict(overrides or {})
     argv = ["kssm", "train"]
     if stage is not None and 1 <= stage <= 5:
@@ -81,6 +104,7 @@ def train(*, stage: int | None = None, output_dir: str | Path | None = None, run
     if init_from is not None and "init_from" not in overrides:
         argv += ["--init-from", str(init_from)]
     argv += carried_args(config or {}, skip=overrides)
+    argv += without_flags(extra, overrides)
     for name, value in overrides.items():
         argv += [_flag(name), _fmt(value)]
     return argv
@@ -121,4 +145,17 @@ def data_check(config: dict) -> list[str]:
         v = config.get(name)
         if isinstance(v, str) and v:
             argv += [_flag(name), v]
+    return argv
+
+
+def autopilot(runs_root: str | Path = DEFAULT_RUNS_ROOT, plan: str | Path | None = None,
+              through: int | None = None, notify: str | None = None) -> list[str]:
+    """`kssm autopilot [RUNS_ROOT] [--plan FILE] [--through N] [--notify CMD]` (docs/autopilot.md)."""
+    argv = ["kssm", "autopilot", str(runs_root)]
+    if plan is not None:
+        argv += ["--plan", str(plan)]
+    if through is not None:
+        argv += ["--through", str(through)]
+    if notify:
+        argv += ["--notify", notify]
     return argv

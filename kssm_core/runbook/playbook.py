@@ -108,6 +108,34 @@ def status_watch_command(run_dir: str | Path | None, history: RunHistory) -> str
 
 
 # ---- the mapping -------------------------------------------------------------------------------------------
+def remedy_overrides(row: MatrixRow, config: dict) -> tuple[dict[str, Any], str] | None:
+    """The mechanical part of remedy_for: ({TrainConfig field: new value}, why) when the row's remedy is
+    "restart the stage with another seed / a lower learning rate / a higher lambda_reg" (what an autopilot
+    may apply unattended); None when the remedy needs a person (check the data or the tokenizer, wait,
+    train longer, revise the architecture) or the row is Healthy / Pending. Same rules as remedy_for."""
+    if row.verdict not in (Verdict.WARNING, Verdict.FAILURE):
+        return None
+    failure = row.verdict is Verdict.FAILURE
+    m, reason = row.metric, row.reason
+    if m == "Loss":
+        if not failure:
+            return None  # flat: check the data
+        lr = lower_learning_rate(config.get("learning_rate"))
+        return {"learning_rate": lr}, f"loss NaN or increasing: a 10x lower learning rate ({lr:g})"
+    if m == "Val PPL":
+        if row.stage == 2:
+            return None  # degrading like v2: check data loading
+        lr = lower_learning_rate(config.get("learning_rate"), factor=2.0)
+        return {"learning_rate": lr}, f"val PPL not improving: half the learning rate ({lr:g})"
+    if m == "u_val" or (m == "u_val regime" and failure and ("floor" in reason or "ceiling" in reason)):
+        lam = raise_lambda_reg(config.get("lambda_reg"))
+        return {"lambda_reg": lam}, f"u_val at the clamps: a stronger log barrier (lambda_reg {lam:g})"
+    if m in ("R", "R zones") or (m == "u_val regime" and failure) or (m == "Goldilocks" and failure):
+        seed = next_seed(config.get("seed"))
+        return {"seed": seed}, f"{m} {row.verdict.value}: another seed ({seed})"
+    return None
+
+
 def remedy_for(row: MatrixRow, history: RunHistory, run_dir: str | Path | None = None,
                criteria: Criteria = DEFAULT) -> tuple[str | None, str | None]:
     """(command, one-line why) for a Warning / Failure row; (None, None) for Healthy / Pending."""

@@ -22,6 +22,15 @@ EVAL_OUT = "eval.out"  # output of an evaluation the cockpit started
 EVAL_SUMMARY = "summary.json"  # inside EVAL_DIR: kssm eval all's verdict
 PREVIOUS = "previous"  # earlier runs of this folder, archived whole under previous/<UTC time>/
 
+# RUNS_ROOT/autopilot/: the supervisor's own folder (docs/autopilot.md); never a run folder.
+AUTOPILOT_DIR = "autopilot"
+AUTOPILOT_STATE = "state.json"  # where the plan stands, rewritten atomically at every decision
+AUTOPILOT_DECISIONS = "decisions.jsonl"  # every decision and its reason, appended
+AUTOPILOT_LOCK = "autopilot.lock"  # one autopilot per runs root (the training.lock rules)
+AUTOPILOT_REPORT_MD = "report.md"  # written at the end (passed or held)
+AUTOPILOT_REPORT_JSON = "report.json"
+AUTOPILOT_OUT = "autopilot.out"  # stdout + stderr of an autopilot started detached (the cockpit's `a`)
+
 CHECKPOINT_RE = re.compile(r"^checkpoint_(\d+)\.pt$")
 
 # What makes a folder a run folder at a glance (kssm status, the runs list).

@@ -94,9 +94,10 @@ def _read_small_regular_file(path: Path) -> tuple[bytes, float]:
         os.close(fd)
 
 
-def read_lock(run_dir: str | Path) -> LockInfo | None:
-    """The lock in run_dir, None when there is none. Never raises for a damaged lock; never blocks."""
-    path = Path(run_dir) / LOCK_NAME
+def read_lock(run_dir: str | Path, name: str = LOCK_NAME) -> LockInfo | None:
+    """The lock in run_dir (`name`: another lock file under the same rules, e.g. the autopilot's), None when
+    there is none. Never raises for a damaged lock; never blocks."""
+    path = Path(run_dir) / name
     try:
         data, mtime = _read_small_regular_file(path)
     except (FileNotFoundError, NotADirectoryError):  # no lock (or run_dir is not a folder: no lock in it)
@@ -126,12 +127,12 @@ def read_lock(run_dir: str | Path) -> LockInfo | None:
     return LockInfo(None, None, None, None, raw, mtime=mtime)
 
 
-def lock_state(info: LockInfo | None) -> tuple[str, str]:
+def lock_state(info: LockInfo | None, name: str = LOCK_NAME) -> tuple[str, str]:
     """('none' | 'live' | 'stale' | 'foreign', one-line reason)."""
     if info is None:
         return "none", "no lock"
     if info.unreadable is not None:  # never "stale": nothing may take it over or remove it unseen
-        return "foreign", f"{LOCK_NAME} unreadable ({info.unreadable}): check it by hand"
+        return "foreign", f"{name} unreadable ({info.unreadable}): check it by hand"
     if info.host not in (None, socket.gethostname()):
         return "foreign", f"held by PID {info.pid} on host {info.host}: cannot check it from here"
     if info.pid is None:
@@ -167,8 +168,9 @@ def _takeover_guard(run_dir: Path):
 class RunLock:
     """Acquire with `acquire()`; returns the stale lock it took over, if any, so the caller can warn."""
 
-    def __init__(self, run_dir: str | Path):
-        self.path = Path(run_dir) / LOCK_NAME
+    def __init__(self, run_dir: str | Path, name: str = LOCK_NAME):
+        self.path = Path(run_dir) / name
+        self.name = name
         self.held = False
 
     def _payload(self) -> str:
@@ -178,7 +180,7 @@ class RunLock:
         )
 
     def acquire(self) -> LockInfo | None:
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".training.lock.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "w") as fh:
                 fh.write(self._payload())
@@ -190,8 +192,9 @@ class RunLock:
                     self.held = True
                     return None
                 except FileExistsError:
-                    info = read_lock(self.path.parent)
+                    info = read_lock(self.path.parent, self.name)
                     state, reason = lock_state(info)
+                    reason = reason.replace(LOCK_NAME, self.name)
                     if info is not None and info.unreadable is not None:
                         raise LockHeld(f"{self.path.parent}: {reason}")
                     if state in ("live", "foreign"):
@@ -201,7 +204,7 @@ class RunLock:
                         )
                     if state == "stale":
                         with _takeover_guard(self.path.parent):
-                            again = read_lock(self.path.parent)
+                            again = read_lock(self.path.parent, self.name)
                             if again is None or info is None or again.raw != info.raw:
                                 continue  # someone else took it (or removed it) meanwhile: look again
                             os.replace(tmp, self.path)  # take it over in one step
@@ -214,7 +217,7 @@ class RunLock:
     def release(self) -> None:
         if not self.held:
             return
-        info = read_lock(self.path.parent)
+        info = read_lock(self.path.parent, self.name)
         if info is not None and info.pid == os.getpid():
             self.path.unlink(missing_ok=True)
         self.held = False

@@ -1,0 +1,36 @@
+"""Start a `kssm` process detached, the way the cockpit and the autopilot both do.
+
+Detached means: its own session (a lost SSH connection, a closed tmux pane or the exit of whoever started
+it never signals it), stdin from /dev/null, stdout and stderr appended to a file in the run folder
+(RUN_DIR/trainer.out for a trainer). The caller keeps the Popen only to reap it; quitting the caller leaves
+the process running, and a later caller finds it through the run's lock. asyncio's subprocess transport is
+deliberately not used: closing its loop would kill the child.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Mapping
+
+
+def spawn_detached(command: list[str], out_path: str | Path, *, cwd: str | Path | None = None,
+                   env: Mapping[str, str] | None = None) -> subprocess.Popen:
+    """Popen `command` in its own session with its output appended to `out_path` (its folder is created)."""
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out = open(out_path, "ab")
+    try:
+        return subprocess.Popen(
+            command,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own session: SIGHUP from a lost terminal never reaches it
+            close_fds=True,
+            env={**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"},
+        )
+    finally:
+        out.close()  # the child holds its own descriptor
