@@ -35,9 +35,9 @@ def test_importing_all_of_kssm_core_never_imports_textual():
 
 TORCH_FREE = r"""
 import importlib, pkgutil, sys
-import kssm_core.runbook, kssm_core.runfolder
+import kssm_core.runbook, kssm_core.runfolder, kssm_core.autopilot
 names = []
-for pkg in (kssm_core.runbook, kssm_core.runfolder):
+for pkg in (kssm_core.runbook, kssm_core.runfolder, kssm_core.autopilot):
     names += [m.name for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + ".")]
 for name in sorted(names):
     importlib.import_module(name)
@@ -47,7 +47,8 @@ print(",".join(sorted(m for m in sys.modules if m.split(".")[0] == "torch")))
 
 
 def test_the_runbook_and_the_run_folder_never_import_torch():
-    """kssm status and the cockpit judge runs without torch: a CPU-less laptop over SSH can watch a GPU run."""
+    """kssm status, the autopilot and the cockpit judge runs without torch (a laptop over SSH can watch a GPU
+    run); only checkpoint loading imports it, lazily."""
     r = subprocess.run([sys.executable, "-c", TORCH_FREE], capture_output=True, text=True, env=child_env(), cwd=REPO,
                        timeout=120)
     assert r.returncode == 0, r.stderr
@@ -56,7 +57,8 @@ def test_the_runbook_and_the_run_folder_never_import_torch():
 
 
 # What the cockpit may use of kssm_core: the run model and the torch-free data pieces it draws, nothing that trains.
-TUI_MAY_IMPORT = ("kssm_core.runbook", "kssm_core.runfolder", "kssm_core.reports.overlay", "kssm_core.config")
+TUI_MAY_IMPORT = ("kssm_core.runbook", "kssm_core.runfolder", "kssm_core.reports.overlay", "kssm_core.config",
+                  "kssm_core.autopilot.plan", "kssm_core.autopilot.state", "kssm_core.autopilot.lock")
 
 
 def test_the_cockpit_imports_only_the_run_model():
