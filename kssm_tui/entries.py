@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from kssm_core.runfolder.history import as_step
+from kssm_core.runfolder.history import as_number, as_step
 
 from .safe_text import clean
 
@@ -15,7 +15,9 @@ def _clean(text) -> str:
 
 
 def _fmt(v, spec: str = ".4g") -> str:
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+    """A logged number for a person; '-' for a missing, NaN or malformed one (a log line may hold anything)."""
+    n, ok = as_number(v)
+    return "-" if not ok or math.isnan(n) else format(n, spec)
 
 
 def entry_for(r: dict) -> tuple[str, str] | None:

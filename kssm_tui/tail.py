@@ -20,6 +20,7 @@ from kssm_core.runbook.runstatus import RunStatus
 from kssm_core.runbook.status import status_of
 from kssm_core.runbook.verdicts import Verdict
 from kssm_core.runfolder import follower as core_follower
+from kssm_core.runfolder import layout
 from kssm_core.runfolder.follower import RunFollower, preview_history
 from kssm_core.runfolder.lock import lock_state, read_lock
 from kssm_core.runfolder.system import process
@@ -86,15 +87,21 @@ class Monitor:
         if cached is not None and cached[1].state == "running" and lock == "none" and cached[1].pid:
             p = process(cached[1].pid)  # a trainer running without its lock: notice when it dies
             pid_alive = bool(p and p.alive)
-        key = (f.version, lock, info.pid if info else None, pid_alive, evals_key(f.run_dir))
+        key = (f.version, lock, info.pid if info else None, pid_alive, evals_key(f.run_dir),
+               layout.newest_checkpoint_file(f.run_dir))  # a clean or a copied checkpoint changes the advice
         now = time.monotonic()
         if cached is not None and not force:
             ckey, st, at, _ = cached
-            if ckey == key and (st.state != "running" or now - at < QUIET_REJUDGE_S):
+            # Disk, memory and the time-based alerts change with nothing in the folder changing: judge again
+            # now and then (cheap: the FactsCache keeps the slow facts).
+            if ckey == key and now - at < QUIET_REJUDGE_S:
                 return st
             if st.state == "running" and ckey[0] != key[0] and ckey[1:] == key[1:] and now - at < HEAVY_EVERY_S:
                 return st  # live, only new steps: the matrix and advice stay for a few seconds
         st = status_of(f, facts_cache=self.facts)
+        if cached is not None and st.state != "running" and _shown_part(cached[1]) == _shown_part(st):
+            self._judged[f.run_dir] = (key, cached[1], now, cached[3])  # the same verdict: nothing to redraw
+            return cached[1]
         self._serial += 1
         self._judged[f.run_dir] = (key, st, now, self._serial)
         return st
@@ -141,17 +148,19 @@ class Monitor:
                                                  new_entries=[], replace_log=False)
             return None, build_view(shown, None, stage, self._fresh(folder), loading=reason, hints=self._hints())
         after_preview, self._preview_view = self._preview_view is not None, None
+        forced = self.force.is_set()
         stages_out = self._stages()
-        st = self.status(shown)
+        st = self.status(shown, force=forced)
         if stage is None and self.attach == folder:
             stage = st.stage if st.source != "none" else None
         key = (folder, shown.version, self.judged_serial(folder), self.selected)
         if key == self._shown and not self.force.is_set() and not after_preview:
             return stages_out, None
-        self.force.clear()
         fresh = self._fresh(folder) or after_preview  # the full history replaces the preview's log
-        self._shown = key
-        return stages_out, build_view(shown, st, stage, fresh, hints=self._hints())
+        view = build_view(shown, st, stage, fresh, hints=self._hints())
+        self.force.clear()
+        self._shown = key  # only once the view exists: a failure above is retried on the next tick
+        return stages_out, view
 
     def _stages(self, preview: RunFollower | None = None) -> dict[int, StageInfo] | None:
         """Poll and judge every stage folder (a previewed one stands in for its still-unread follower)."""
@@ -190,9 +199,9 @@ class Monitor:
         if f.run_dir in self._previewed:
             return None
         self._previewed.add(f.run_dir)
-        if f.source != "events":
+        if f.source != "events" or f.reader.offset > 0:  # not a log, or read already (by the stage plan)
             return None
-        f.load_cached()
+        f.ensure_cache_loaded()
         try:
             size = f.events_path.stat().st_size
         except OSError:
@@ -224,6 +233,14 @@ class Monitor:
         """Slow housekeeping once the views are out: store the history cache of big catch-ups."""
         for f in list(self.followers.values()):  # a copy: the App's thread may add one meanwhile
             f.save_cache_if_due()
+
+
+def _shown_part(s: RunStatus) -> tuple:
+    """What the dashboard shows of a judgement: a new judgement that equals the last one is not redrawn."""
+    return (s.state, s.state_reason, s.step, s.process, s.lock, s.recommendation.text, s.assessment.summary,
+            tuple((a.code, a.severity, a.message) for a in s.alerts),
+            tuple((r.stage, r.metric, r.verdict, r.reason, r.provisional, r.remedy) for r in s.matrix),
+            s.disk.get("needed_bytes"))
 
 
 def monitor_loop(post: Callable, monitor: Monitor, interval: float, cancelled: Callable[[], bool]) -> None:

@@ -182,6 +182,12 @@ class RunFollower:
         return True
 
     # ---- the JSON cache ---------------------------------------------------------------------------------
+    def ensure_cache_loaded(self) -> None:
+        """Load the JSON cache once, before anything was read (later it would rewind the fold)."""
+        if not self._cache_tried and self.reader.offset == 0:
+            self.load_cached()
+        self._cache_tried = True
+
     def load_cached(self) -> bool:
         """Restore a previous process's position; False (and a full read later) on any doubt."""
         self._cache_tried = True

@@ -197,3 +197,16 @@ def test_a_quiet_live_run_is_judged_again_a_finished_one_is_not(tmp_path, monkey
         assert m.tick()[1] is None  # nothing new: nothing to redraw
         time.sleep(0.3)
         assert (m.tick()[1] is not None) is expect_again  # a frozen trainer writes nothing: judge it anyway
+
+
+def test_a_malformed_value_in_an_event_does_not_stop_the_view(tmp_path):
+    """kssm status ignores a malformed value; the cockpit must show the rest (and log the line with a '-')."""
+    root = tmp_path / "results"
+    d = write_run(stage_path(root, 1), 1, 100, extra=[{"event": "eval", "t": 2e9, "step": 100, "val_loss": "x",
+                                                        "val_ppl": [1], "val_R": {"a": 1}}])
+    m = Monitor(root)
+    m.selected = 1
+    _, view = m.tick()
+    assert view is not None and view.status is not None and view.status.state == "completed"
+    assert any(kind == "eval" and "val loss -, PPL -, R -" in text for kind, text in view.new_entries)
+    assert d.exists()
