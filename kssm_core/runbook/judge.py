@@ -36,21 +36,31 @@ def is_legacy(history: RunHistory) -> bool:
     return bool((history.run_start or {}).get("legacy"))
 
 
+def _is_run_trainer(history: RunHistory, p) -> bool:
+    """This process is the run's own trainer: alive, and started before its run_start (else the PID was reused)."""
+    start_t = (history.run_start or {}).get("t")
+    return (p is not None and p.alive and isinstance(start_t, (int, float)) and p.create_time is not None
+            and p.create_time <= start_t + 1 and history.run_end is None)
+
+
+def _shown_pid(history: RunHistory, facts: RunFacts) -> int | None:
+    if facts.lock != "live" and history.run_start is not None and _is_run_trainer(history, facts.run_process):
+        return facts.run_pid
+    return facts.pid
+
+
 def process_state(history: RunHistory, facts: RunFacts) -> str:
-    """alive | dead | unknown for the run's trainer process."""
+    """alive | dead | unknown for the run's trainer process (lock or no lock: the runbook tells operators to
+    remove a lock by hand, and a stale lock may name another PID than the run's own trainer)."""
     if facts.lock == "live":
         return "alive"
     if facts.lock == "foreign":
         return "unknown"
+    if history.run_start is not None and _is_run_trainer(history, facts.run_process):
+        return "alive"
     if facts.pid is None or history.run_start is None:
         return "unknown" if facts.pid is None else "dead"
-    p = facts.process
-    start_t = history.run_start.get("t")
-    # the run's own process only if it started before its run_start (else the PID was reused)
-    if p is not None and p.alive and isinstance(start_t, (int, float)) and p.create_time is not None \
-            and p.create_time <= start_t + 1 and history.run_end is None:
-        return "alive"
-    return "dead"
+    return "alive" if _is_run_trainer(history, facts.process) else "dead"
 
 
 def trainer_starting(history: RunHistory, facts: RunFacts) -> bool:
@@ -96,7 +106,8 @@ def run_state(history: RunHistory, facts: RunFacts, alive: bool, starting: bool)
     if alive:
         if facts.lock == "live":
             return "running", f"training: trainer PID {facts.pid} holds the lock"
-        return "running", f"training: the run's trainer PID {facts.pid} is alive (its lock is gone)"
+        pid = facts.run_pid or facts.pid
+        return "running", f"training: the run's trainer PID {pid} is alive (its lock is gone or stale)"
     where = f"step {step}" if step is not None else "its start"
     if is_legacy(history):
         if facts.lock == "stale":
@@ -168,7 +179,7 @@ def judge(history: RunHistory, facts: RunFacts, criteria: Criteria | None = None
     pfacts = sysf.process
     status = RunStatus(
         run_dir=str(run_dir), source=source, state=state, stage=stage, stage_name=stage_info(stage).name,
-        step=step, target=target, steps_per_s=rate, eta_s=eta, pid=facts.pid, process=proc,
+        step=step, target=target, steps_per_s=rate, eta_s=eta, pid=_shown_pid(history, facts), process=proc,
         lock=facts.lock, lock_reason=facts.lock_reason, newest_checkpoint=facts.newest_checkpoint,
         best_val_loss=history.best_val_loss, latest=_latest(history),
         run_end=({k: history.run_end.get(k) for k in ("status", "reason", "advice", "step", "final_checkpoint")}

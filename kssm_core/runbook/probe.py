@@ -36,6 +36,8 @@ class RunFacts:
     eval_results: dict = field(default_factory=dict)  # eval/*.json by suite name
     eval_problems: list[str] = field(default_factory=list)
     system: SystemFacts = field(default_factory=lambda: SystemFacts(None, None, None, None))
+    run_pid: int | None = None  # the newest run_start's PID when it differs from the lock's
+    run_process: ProcessFacts | None = None  # of run_pid: the run's own trainer may live on with a stale lock
 
 
 def newest_checkpoint(run_dir: Path) -> dict | None:
@@ -117,13 +119,19 @@ def probe(run_dir: str | Path, history: RunHistory, cache: "FactsCache | None" =
     lock, reason = lock_state(info)
     pid = _pid_of(history, info)
     proc = None if lock == "foreign" else system.process(pid)  # another host's PID says nothing here
+    run_pid = as_step((history.run_start or {}).get("pid"))
+    run_proc = None
+    if run_pid is not None and run_pid != pid and lock != "foreign":
+        run_proc = system.process(run_pid)
+    else:
+        run_pid = None
     if cache is not None:
         ckpt, evals, problems, sysf = cache.slow_facts(run_dir)
     else:
         ckpt = newest_checkpoint(run_dir)
         evals, problems = load_eval_results(run_dir)
         sysf = system.gather(run_dir)
-    return RunFacts(info, lock, reason, pid, proc, ckpt, evals, problems, sysf)
+    return RunFacts(info, lock, reason, pid, proc, ckpt, evals, problems, sysf, run_pid, run_proc)
 
 
 class FactsCache:

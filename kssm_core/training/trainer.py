@@ -174,6 +174,13 @@ class Trainer:
             if refusal:
                 print(f"kssm train: {refusal}", file=sys.stderr)
             return EXIT_REFUSED
+        # The run's own trainer alive without its lock (removed by hand, as the runbook suggests when it looks
+        # stale): a second writer would corrupt the folder. Refused before anything is written to it.
+        alive = self._run_trainer_alive() if main else None
+        if not self.dist.agree(alive is None):
+            if alive:
+                print(f"kssm train: {alive}", file=sys.stderr)
+            return EXIT_REFUSED
         lock = RunLock(self.out)
         stale, refused = None, False
         try:
@@ -488,6 +495,25 @@ class Trainer:
             raise _Refusal(f"--seq-len {cfg.seq_len} exceeds the position table of {cfg.init_from} "
                            f"({init_cfg.max_seq_len} rows): use --seq-len {init_cfg.max_seq_len} or less")
         return init_cfg
+
+    def _run_trainer_alive(self) -> str | None:
+        """One line when the newest run_start's own process is still alive and holds no lock, else None."""
+        from kssm_core.runbook.judge import process_state
+        from kssm_core.runbook.probe import probe
+        from kssm_core.runfolder.follower import RunFollower
+
+        if not (self.out / "events.jsonl").is_file():
+            return None
+        try:
+            history = RunFollower(self.out).refresh()
+            facts = probe(self.out, history)
+        except OSError:
+            return None
+        if facts.lock == "live" or history.run_start is None or process_state(history, facts) != "alive":
+            return None  # a live lock is refused by the lock itself, with its own message
+        pid = facts.run_pid or facts.pid
+        return (f"{self.out}: the run's trainer (PID {pid}) is still alive although its lock is gone; "
+                f"stop it first (kill -TERM {pid}) or wait for it to finish")
 
     def _refuse(self, reason: str, advice: str | None = None) -> int:
         """A run that cannot start as asked: one line in run_end.reason, training.log and stderr; exit 2."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -183,3 +184,30 @@ def test_r_thread_check_refuses_a_live_pid_without_lock(runs, monkeypatch):
     monkeypatch.setattr(app, "_say_from_thread", lambda text, **kw: said.append(text))
     app._resume(d, 100)
     assert spawned == [] and said and said[0].startswith("not resuming") and str(os.getpid()) in said[0]
+
+
+def test_kssm_train_refuses_a_folder_whose_trainer_lives_on_without_its_lock(runs):
+    """The CLI (and so the autopilot) holds the same rule as the cockpit's r: no second writer, and nothing
+    written into the live run's folder (not even a run_end)."""
+    from kssm_testkit import run_kssm
+
+    d = live_without_lock(runs)
+    before = (d / "events.jsonl").read_bytes()
+    r = run_kssm("train", "--output-dir", str(d.resolve()), "--resume", "--max-steps", "100")
+    assert r.returncode == 2 and f"PID {os.getpid()}" in r.stderr and "still alive" in r.stderr
+    assert (d / "events.jsonl").read_bytes() == before and not (d / "training.lock").exists()
+
+
+@sync
+async def test_a_stale_lock_naming_another_pid_does_not_hide_the_runs_live_trainer(runs):
+    """The lock's PID is dead, but the newest run_start's own PID (this process) is alive: running, not crashed."""
+    d = live_without_lock(runs)
+    (d / "training.lock").write_text(json.dumps({"pid": dead_pid(), "host": socket.gethostname(), "start_time": 1.0}))
+    s = run_status(d)
+    assert s.state == "running" and s.process == "alive" and s.pid == os.getpid()
+    app, spawned = make_app(runs)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await pilot.press("r")
+        await pilot.pause(0.3)
+        assert spawned == [] and "not resuming" in notes(app)
