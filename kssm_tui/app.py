@@ -24,6 +24,7 @@ from textual.worker import get_current_worker
 
 from kssm_core.runbook.stages import STAGES
 
+from kssm_core.runbook.judge import final_failures
 from kssm_core.runfolder import layout
 
 from . import ascii_chrome, labels
@@ -258,26 +259,19 @@ class KssmApp(RunActions, AutopilotActions, App):
         self.dash.show_facts(facts)
 
     def _update_alert(self, view: RunView) -> None:
-        from kssm_core.runbook.verdicts import Verdict
-
-        fails = {(r.stage, r.metric) for r in view.matrix_rows if r.verdict == Verdict.FAILURE and not r.provisional}
+        fails = {(r.stage, r.metric) for r in final_failures(view.matrix_rows)}
         seen = self._failures_seen.get(view.run_dir)
         if seen is not None and fails - seen:
             self.bell()  # once per new Failure, not for ones already there when the run was opened
         self._failures_seen[view.run_dir] = (seen or set()) | fails
-        failed_rows = [r for r in view.matrix_rows if r.verdict == Verdict.FAILURE and not r.provisional]  # issue 16
-        if view.state == "crashed":
-            hint = "" if self.readonly else ": press r to resume"
-            self.dash.alert(f"Stage {view.stage or '?'} crashed: {view.state_reason}{hint}", "critical")
-        elif failed_rows:
-            r = failed_rows[0]
-            self.dash.alert(f"Failure: Stage {r.stage} {r.metric}: {r.reason}", "critical")
-        elif view.alerts:
-            a = max(view.alerts, key=lambda a: {"info": 0, "warning": 1, "critical": 2}.get(getattr(a.severity, "value", ""), 0))
-            sev = getattr(a.severity, "value", "warning")
-            self.dash.alert(f"{a.message}", "critical" if sev == "critical" else "warning")
-        else:
+        st = view.status  # the banner says what kssm status's headline says; the cockpit adds only the key
+        if st is None or st.headline is None:
             self.dash.alert(None)
+            return
+        severity, text = st.headline
+        if st.state == "crashed" and st.recommendation.code == "crashed" and not self.readonly and st.source != "legacy":
+            text += ": press r to resume"
+        self.dash.alert(text, severity)
 
     def _reap(self) -> None:
         """Timer: collect our child's exit status without blocking (Popen.poll)."""

@@ -28,6 +28,7 @@ from kssm_core.runbook.criteria import DEFAULT, Criteria
 from kssm_core.runbook.matrix import assess_stage, full_matrix, infer_stage
 from kssm_core.runbook.probe import RunFacts
 from kssm_core.runbook.runstatus import Recommendation, RunStatus
+from kssm_core.runbook.verdicts import Severity, Verdict
 from kssm_core.runfolder import layout
 from kssm_core.runfolder.history import RunHistory
 
@@ -148,6 +149,30 @@ def _read_note(read: dict) -> str | None:
     return f"{layout.EVENTS}: " + ", ".join(parts) + "; showing the rest"
 
 
+_SEVERITY_RANK = {Severity.INFO: 0, Severity.WARNING: 1, Severity.CRITICAL: 2}
+
+
+def final_failures(matrix: list) -> list:
+    """The Failure rows the runbook has decided: a provisional one (before its milestone) is a verdict so far."""
+    return [r for r in matrix if r.verdict is Verdict.FAILURE and not r.provisional]
+
+
+def headline(state: str, why: str, stage: int, matrix: list, alerts: list) -> tuple[str, str] | None:
+    """What deserves a banner: a crash, else a final Failure row (a provisional one waits for its milestone),
+    else the most severe warning/critical alert."""
+    if state == "crashed":
+        return "critical", f"Stage {stage} crashed: {why}"
+    failed = final_failures(matrix)
+    if failed:
+        r = failed[0]
+        return "critical", f"Failure: Stage {r.stage} {r.metric}: {r.reason}"
+    shown = [a for a in alerts if a.code != "crashed" and a.severity in (Severity.WARNING, Severity.CRITICAL)]
+    if shown:
+        a = max(shown, key=lambda a: _SEVERITY_RANK[a.severity])
+        return a.severity.value, a.message
+    return None
+
+
 def judge(history: RunHistory, facts: RunFacts, criteria: Criteria | None = None, now: float | None = None, *,
           run_dir: str | Path, source: str, read: dict[str, Any] | None = None) -> RunStatus:
     """Everything `kssm status` says about one run, from its history and facts."""
@@ -192,7 +217,7 @@ def judge(history: RunHistory, facts: RunFacts, criteria: Criteria | None = None
         memory={"available_bytes": sysf.mem_available_bytes, "total_bytes": sysf.mem_total_bytes,
                 "process_rss_bytes": pfacts.rss_bytes if pfacts else None,
                 "process_cpu_s": pfacts.cpu_seconds if pfacts else None},
-        read=read, state_reason=why, generated_at=now,
+        read=read, state_reason=why, generated_at=now, headline=headline(state, why, stage, matrix, found),
     )
     info = facts.lock_info
     lock_age = now - info.created if starting and info is not None and info.created else None

@@ -54,6 +54,9 @@ class RunStatus:
     memory: dict[str, Any]
     read: dict[str, Any]
     state_reason: str = ""  # one line: why the state is what it is ("the log stops at step 150", ...)
+    # The one thing to shout about, if any: (severity "critical" | "warning", one line). A crash, then a final
+    # Failure row (never a provisional one), then the most severe alert. The cockpit's banner shows it.
+    headline: tuple[str, str] | None = None
     generated_at: float = field(default_factory=time.time)
 
     @property
@@ -68,6 +71,7 @@ class RunStatus:
             "source": self.source,
             "state": self.state,
             "state_reason": self.state_reason,
+            "headline": {"severity": self.headline[0], "text": self.headline[1]} if self.headline else None,
             "stage": self.stage,
             "stage_name": self.stage_name,
             "step": self.step,

@@ -24,8 +24,10 @@ IMMEDIATE_ALERTS = {"loss_nan", "grad_exploding", "u_floor_broken", "reg_negativ
 
 
 def banner_rows(rows):
-    """What the cockpit's banner and bell act on (kssm_tui/app.py _update_alert): final Failure rows."""
-    return [r for r in rows if r.verdict is F and not r.provisional]
+    """What the banner (RunStatus.headline) and the cockpit's bell act on: the core's final Failure rows."""
+    from kssm_core.runbook.judge import final_failures
+
+    return final_failures(rows)
 
 
 def critical(h):

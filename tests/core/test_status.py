@@ -16,7 +16,7 @@ from kssm_core.runfolder.follower import RunFollower
 from runbook_synth import events, history, ramp, wiggle
 
 N = 30
-TOP_KEYS = {"schema", "run_dir", "source", "state", "state_reason", "stage", "stage_name", "step", "target", "progress", "steps_per_s",
+TOP_KEYS = {"schema", "run_dir", "source", "state", "state_reason", "headline", "stage", "stage_name", "step", "target", "progress", "steps_per_s",
             "eta_s", "pid", "process", "lock", "lock_reason", "newest_checkpoint", "best_val_loss", "latest",
             "run_end", "assessment", "matrix", "alerts", "recommendation", "disk", "memory", "read", "exit_code",
             "generated_at"}

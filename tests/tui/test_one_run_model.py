@@ -113,8 +113,14 @@ async def test_the_cockpit_shows_what_kssm_status_says(runs, kind):
         shown = app.view.status
         assert summary(shown) == summary(core)
         assert app.view.state == plan_label(core)
-        banner = app.dash.query_one("#alert").render_line(0).text if app.dash.query("#alert") else ""
-        assert ("crashed" in banner) is (core.state == "crashed")
+        banner = app.dash.query_one("#alert")
+        shown_text = " ".join(banner.render_line(y).text.strip() for y in range(banner.size.height))
+        if core.headline is None:
+            assert not shown_text.strip(), shown_text
+        else:  # the banner says the core's headline (wrapped; the key hint only for our own crashed runs)
+            assert core.headline[1][:40] in shown_text, (core.headline, shown_text)
+            assert ("press r" in shown_text) is (core.state == "crashed" and core.source != "legacy")
+        assert core.recommendation.text in app.view.recommendation or core.recommendation.code == "active"
     assert spawned == []
 
 
