@@ -43,8 +43,14 @@ def _spawnable(argv: list[str], quiet: bool = True) -> list[str]:
     return out + (["--quiet"] if quiet else []) + (extra_args() if argv[1] == "train" else [])
 
 
-def stage_command(runs_root: Path, number: int) -> list[str]:
-    """`kssm train --stage N` for the runbook's stage N, starting from the previous stage's best model."""
+def stage_command(runs_root: Path, number: int, advised: list[str] | None = None) -> list[str]:
+    """`kssm train --stage N` for the runbook's stage N, starting from the previous stage's best model.
+
+    `advised`: the argv kssm status recommends after the previous stage (it carries that run's preset, corpus
+    and tokenizer): run exactly it when it starts this stage, so n does what the Next line says."""
+    if advised and advised[:2] == ["kssm", "train"] and "--stage" in advised \
+            and advised[advised.index("--stage") + 1] == str(number):
+        return _spawnable(list(advised))
     return _spawnable(cmdline.next_stage(runs_root, number))
 
 

@@ -54,7 +54,9 @@ class RunActions:
 
     def _start_stage(self, number: int) -> None:
         self.monitor.selected = number
-        command, run_dir = ctl.stage_command(self.runs_root, number), ctl.stage_dir(self.runs_root, number)
+        prev = self.stages.get(number - 1)
+        advised = prev.status.recommendation.argv if prev is not None and prev.status is not None else None
+        command, run_dir = ctl.stage_command(self.runs_root, number, advised), ctl.stage_dir(self.runs_root, number)
         self._in_thread(lambda: self._spawn(command, run_dir, f"Stage {number} started"))
         self.dash.show_stages(self.stages, number, number)
 

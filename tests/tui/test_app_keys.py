@@ -532,3 +532,26 @@ async def test_n_on_another_stage_says_which_stage_to_show_before_r(runs):
         await pilot.press("1", "n")
         await until(pilot, lambda: "Stage 1 (crashed): press r to resume it first" in notes(app))
         assert not spawned
+
+
+@sync
+async def test_n_runs_the_command_the_next_line_shows(runs):
+    """The previous stage's settings (corpus, preset, tokenizer) are carried exactly as kssm status prints them."""
+    healthy(runs)
+    d = stage_path(runs, 2)
+    lines = (d / "events.jsonl").read_text().splitlines()
+    start = json.loads(lines[1])
+    start["config"].update(corpus="books/", preset="small", tokenizer="chars")
+    lines[1] = json.dumps(start)
+    (d / "events.jsonl").write_text("\n".join(lines) + "\n")
+    (d / "best_model.pt").write_bytes(b"weights")
+    app, spawned = make_app(runs)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        shown = app.stages[2].status.recommendation.command
+        assert "--corpus books/" in shown and "--tokenizer chars" in app.view.recommendation
+        await pilot.press("n")
+        await until(pilot, lambda: spawned)
+    cmd, _ = spawned[0]
+    assert cmd[cmd.index("--corpus") + 1] == "books/" and cmd[cmd.index("--preset") + 1] == "small"
+    assert cmd[cmd.index("--tokenizer") + 1] == "chars" and cmd[cmd.index("--stage") + 1] == "3"
