@@ -98,9 +98,10 @@ def run(args: argparse.Namespace) -> int:
     except EvalError as exc:
         return refuse(str(exc))
     run_dir = Path(args.out) if args.out else Path(args.model).parent
-    from kssm_core.runfolder.foreign import foreign_run
+    from kssm_core.runfolder.foreign import enclosing_foreign_run, foreign_run
 
-    foreign = foreign_run(run_dir)  # after the load: a bad model file is the first thing to say
+    # after the load: a bad model file is the first thing to say; --out inside another trainer's folder counts too
+    foreign = foreign_run(run_dir) or enclosing_foreign_run(run_dir)
     if foreign is not None:  # another trainer's folder: its files, not ours to add to
         flag = "pass another --out DIR" if args.out else "add --out DIR"
         return refuse(f"{run_dir} holds {foreign.what()}: kssm writes nothing into it; {flag} for the results "

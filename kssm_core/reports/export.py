@@ -52,6 +52,12 @@ def check_out_dir(out_dir: Path, run_dirs) -> None:
         if out == d or d in out.parents:
             raise ExportError(f"--out {out_dir} is inside the run folder {d}: only the trainer writes there; "
                               f"choose a folder outside it")
+    from kssm_core.runfolder.foreign import enclosing_foreign_run
+
+    found = enclosing_foreign_run(out)
+    if found is not None:  # another trainer's run folder, even one not exported: never ours to write in
+        raise ExportError(f"--out {out_dir} is inside {found.run_dir}, which holds {found.what()}: kssm writes "
+                          f"nothing there; choose a folder outside it")
 
 
 def load_runs(run_dirs) -> list[RunData]:

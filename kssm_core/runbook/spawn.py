@@ -10,6 +10,7 @@ deliberately not used: closing its loop would kill the child.
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 from pathlib import Path
 from typing import Mapping
@@ -17,10 +18,20 @@ from typing import Mapping
 
 def spawn_detached(command: list[str], out_path: str | Path, *, cwd: str | Path | None = None,
                    env: Mapping[str, str] | None = None) -> subprocess.Popen:
-    """Popen `command` in its own session with its output appended to `out_path` (its folder is created)."""
+    """Popen `command` in its own session with its output appended to `out_path` (its folder is created).
+
+    The output file is never reached through a symlink (O_NOFOLLOW) and must be a regular file: a planted
+    `trainer.out -> ~/.bashrc` would otherwise be appended to outside the run folder."""
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    out = open(out_path, "ab")
+    # O_NONBLOCK: a FIFO planted under that name must not hang us waiting for a reader (it fails or is refused)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    fd = os.open(out_path, flags, 0o644)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(f"{out_path} is not a regular file; not writing the process output there")
+    os.set_blocking(fd, True)
+    out = os.fdopen(fd, "ab")
     try:
         return subprocess.Popen(
             command,

@@ -104,3 +104,15 @@ def foreign_run(run_dir: str | Path, check_formats: bool = True) -> ForeignRun |
     if not stray:
         return None
     return ForeignRun(root, [root / n for n in stray], stray, whole=False)
+
+
+def enclosing_foreign_run(path: str | Path) -> ForeignRun | None:
+    """The foreign run in `path` or in any folder above it (an output folder inside another trainer's run folder
+    would be a file we put there). Judged by files alone: no checkpoint is loaded."""
+    p = Path(path).absolute()
+    for folder in (p, *p.parents):
+        if folder.is_dir():
+            found = foreign_run(folder, check_formats=False)
+            if found is not None:
+                return found
+    return None
