@@ -214,6 +214,7 @@ class TrainerController:
             return f"not stopping: the trainer in {run_dir} is now PID {pid}, not PID {expected_pid} as confirmed"
         try:
             os.kill(pid, signal.SIGTERM)
+            os.kill(pid, signal.SIGCONT)  # a stopped (SIGSTOP, Ctrl-Z) trainer acts on the TERM only once it runs
         except ProcessLookupError:
             return f"trainer PID {pid} already exited"
         except PermissionError:

@@ -32,12 +32,16 @@ def entry_for(r: dict) -> tuple[str, str] | None:
         return "checkpoint", f"step {step}: saved {_clean(r.get('path', ''))}"
     if kind == "warning":
         return "warning", f"{_clean(r.get('code', ''))}: {_clean(r.get('message', ''))}"
+    if kind == "run_start" and r.get("legacy"):  # a reference-trainer log: no device, often no target
+        target = as_step(r.get("max_steps"))
+        return "run_start", "reference-trainer log" + (f": {target} steps planned" if target else "")
     if kind == "run_start":
         src = r.get("resumed_from")
         how = f"resumed from {_clean(Path(str(src)).name)}" if src else "started"
         return "run_start", f"{how} at step {as_step(r.get('start_step')) or 0} of {as_step(r.get('max_steps'))} on {_clean(r.get('device', '?'))}"
     if kind == "run_end":
-        return "run_end", f"{_clean(r.get('status', '?'))} at step {step}: {_clean(r.get('reason', ''))}"
+        at = f" at step {step}" if step is not None else ""
+        return "run_end", f"{_clean(r.get('status', '?'))}{at}: {_clean(r.get('reason', ''))}"
     return None
 
 

@@ -70,6 +70,8 @@ def next_step(code: str | None, text: str, shown: int | None, current: int | Non
     """
     if readonly or code is None:
         return text
+    if code == "failing":
+        return f"press s to stop it ({text})"
     if code in ("crashed", "interrupted") and not legacy:
         return f"press r to resume ({text})"
     if code == "stale_lock":

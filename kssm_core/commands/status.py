@@ -38,6 +38,13 @@ def run(args: argparse.Namespace) -> int:
     explicit = bool(args.paths)
     paths = [Path(p) for p in (args.paths or ["results"])]
     missing = [str(p) for p in paths if not p.exists()]
+    from kssm_core.runfolder import layout
+
+    not_dirs = [str(p) for p in paths if p.is_file() and p.name not in (layout.EVENTS, layout.TRAINING_LOG, layout.LOCK)]
+    if not_dirs and explicit:
+        print(f"kssm status: {', '.join(not_dirs)} is a file, not a run folder (give a run folder or a folder of runs)",
+              file=sys.stderr)
+        return EXIT_USAGE
     if missing and explicit:
         print(f"kssm status: no such folder: {', '.join(missing)} (give a run folder or a folder of runs)", file=sys.stderr)
         return EXIT_USAGE

@@ -1,7 +1,7 @@
 """The one recommendation of a judged run: what to do next, as a line and as the command itself.
 
 Commands come from kssm_core.runbook.cmdline (the cockpit's keys run the same argv). Codes:
-all_clear | starting | active | stalled | foreign_lock | stale_lock | crashed | interrupted | failed |
+all_clear | starting | active | failing | stalled | foreign_lock | stale_lock | crashed | interrupted | failed |
 unknown | completed | no_final_checkpoint | unreadable.
 """
 
@@ -66,10 +66,17 @@ def recommend(s: RunStatus, history: RunHistory, starting: bool = False, lock_ag
             return _foreign_lock(s)
         stalled = next((a for a in s.alerts if a.code == "stalled"), None)
         if stalled is not None:
-            cmd = f"kill -TERM {s.pid}" if s.pid else None
+            cmd = f"kill -TERM {s.pid}; kill -CONT {s.pid}" if s.pid else None  # CONT: a stopped one acts on TERM
             return Recommendation("stalled", f"STALLED at step {step}: {stalled.message}; look at "
                                   f"{d}/{layout.TRAINER_OUT}" + (f", then stop it: {cmd}" if cmd else ""), cmd)
         where = f"step {step}/{s.target}" if s.target else f"step {step}"
+        a = s.assessment
+        if a.verdict is Verdict.FAILURE and not a.provisional:  # the runbook has decided: do not train on
+            row = next((r for r in a.rows if r.verdict is Verdict.FAILURE and not r.provisional), None)
+            cmd = f"kill -TERM {s.pid}" if s.pid else None
+            tail = f", then: {row.remedy}" if row is not None and row.remedy else ""
+            return Recommendation("failing", f"FAILING at {where}: {a.summary}; stop it"
+                                  + (f" ({cmd})" if cmd else "") + tail, row.remedy if row is not None else cmd)
         rate = f", {s.steps_per_s:.2f} steps/s, ETA {format_duration(s.eta_s)}" if s.steps_per_s else ""
         argv = cmdline.status_watch(d)
         return _rec("active", f"TRAINING ACTIVE: PID {s.pid}, {where}{rate}; watch: {cmdline.text(argv)}", argv)

@@ -157,11 +157,14 @@ def final_failures(matrix: list) -> list:
     return [r for r in matrix if r.verdict is Verdict.FAILURE and not r.provisional]
 
 
-def headline(state: str, why: str, stage: int, matrix: list, alerts: list) -> tuple[str, str] | None:
+def headline(state: str, why: str, stage: int, matrix: list, alerts: list,
+             legacy: bool = False) -> tuple[str, str] | None:
     """What deserves a banner: a crash, else a final Failure row (a provisional one waits for its milestone),
     else the most severe warning/critical alert."""
     if state == "crashed":
         return "critical", f"Stage {stage} crashed: {why}"
+    if state == "unknown" and not legacy:  # an end status this version does not know: see trainer.out
+        return "critical", f"Stage {stage} {why}"
     failed = final_failures(matrix)
     if failed:
         r = failed[0]
@@ -217,7 +220,7 @@ def judge(history: RunHistory, facts: RunFacts, criteria: Criteria | None = None
         memory={"available_bytes": sysf.mem_available_bytes, "total_bytes": sysf.mem_total_bytes,
                 "process_rss_bytes": pfacts.rss_bytes if pfacts else None,
                 "process_cpu_s": pfacts.cpu_seconds if pfacts else None},
-        read=read, state_reason=why, generated_at=now, headline=headline(state, why, stage, matrix, found),
+        read=read, state_reason=why, generated_at=now, headline=headline(state, why, stage, matrix, found, is_legacy(history)),
     )
     info = facts.lock_info
     lock_age = now - info.created if starting and info is not None and info.created else None

@@ -75,7 +75,13 @@ def train_command(history: RunHistory, run_dir: str | Path | None = None, *, res
     st = as_step(cfg.get("stage")) or as_step((history.run_start or {}).get("stage"))
     target = as_step(overrides.pop("max_steps", None)) or history.max_steps
     out = _run_dir(history, run_dir)
-    init = None if resume or "init_from" in overrides else cmdline.previous_best(Path(out).parent, st)
+    own = cfg.get("init_from")  # the weights this run started from: a rerun of it starts there too
+    if resume or "init_from" in overrides:
+        init = None
+    elif isinstance(own, str) and own and Path(own).is_file():
+        init = Path(own)
+    else:
+        init = cmdline.previous_best(Path(out).parent, st)
     if _is_legacy(history) and run_dir is not None:  # start over beside it, from its best model
         init = Path(run_dir) / layout.BEST_MODEL if (Path(run_dir) / layout.BEST_MODEL).is_file() else None
         overrides.setdefault("tokenizer", "chars")

@@ -127,7 +127,7 @@ def exit_code_for(s: RunStatus) -> int:
     code = EXIT_OK
     # an end status this version does not know is a failure; a reference log that merely stops is a warning
     unknown_end = s.state == "unknown" and s.source != "legacy"
-    if s.recommendation.code in ("crashed", "failed", "stalled", "unreadable") or unknown_end \
+    if s.recommendation.code in ("crashed", "failed", "failing", "stalled", "unreadable") or unknown_end \
             or (s.assessment.verdict is Verdict.FAILURE and not s.assessment.provisional) \
             or any(a.severity is Severity.CRITICAL for a in s.alerts):
         return EXIT_FAILURE

@@ -248,7 +248,7 @@ def test_stalled_trainer(tmp_path):
     finally:
         lock.release()
     assert s.recommendation.code == "stalled" and s.recommendation.text.startswith("STALLED at step 300")
-    assert s.recommendation.command == f"kill -TERM {os.getpid()}" and s.exit_code == 2
+    assert s.recommendation.command == f"kill -TERM {os.getpid()}; kill -CONT {os.getpid()}" and s.exit_code == 2
 
 
 def test_agency_from_the_eval_folder(tmp_path):

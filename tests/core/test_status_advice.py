@@ -178,3 +178,37 @@ def test_unlock_force_keeps_a_non_empty_lock_directory(tmp_path, capsys):
     (tmp_path / LOCK_NAME / "something").write_text("x")
     code, _, err = run_cli(capsys, "unlock", "--force", tmp_path)
     assert code == 1 and "cannot remove" in err and (tmp_path / LOCK_NAME / "something").exists()
+
+
+def test_a_remedy_starts_from_the_weights_the_run_started_from(tmp_path):
+    """QA: a rerun of a stage trained from some --init-from (not the previous stage's folder) keeps it."""
+    weights = tmp_path / "elsewhere" / "best_model.pt"
+    weights.parent.mkdir()
+    weights.write_bytes(b"w")
+    h = history(loss=ramp(8, 6, 50), config={"init_from": str(weights), "learning_rate": 1e-3, "stage": 2})
+    cmd = train_command(h, tmp_path / "stage2", learning_rate=1e-4)
+    assert f"--init-from {weights}" in cmd and "--learning-rate 0.0001" in cmd
+    missing = history(loss=ramp(8, 6, 50), config={"init_from": str(tmp_path / "gone.pt"), "stage": 2})
+    assert "gone.pt" not in train_command(missing, tmp_path / "stage2", seed=2)  # a file no longer there
+
+
+def test_a_final_failure_while_training_says_stop_not_nothing_to_do(tmp_path):
+    """QA: a Failure the runbook has decided mid-stage (u at the clamp, an immediate kind) is not 'active'."""
+    import os
+
+    from kssm_core.runbook.judge import judge
+    from kssm_core.runbook.probe import probe
+
+    n = 200
+    h = history(loss=ramp(8, 7, n), u=[10.0] * n, stage=2, max_steps=500, pid=os.getpid(), t0=time.time())
+    facts = probe(tmp_path, h)
+    s = judge(h, facts, run_dir=tmp_path, source="events")
+    assert s.state == "running" and s.assessment.verdict.value == "failure" and not s.assessment.provisional
+    assert s.recommendation.code == "failing" and "stop it" in s.recommendation.text and s.exit_code == 2
+    assert s.headline is not None and s.headline[0] == "critical"
+
+
+def test_status_of_a_plain_file_is_a_usage_error(tmp_path, capsys):
+    f = tmp_path / "tr.out"
+    f.write_text("x")
+    assert main(["status", str(f)]) == 3 and "is a file" in capsys.readouterr().err
