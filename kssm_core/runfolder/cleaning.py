@@ -81,8 +81,10 @@ def plan_clean(run_dir: str | Path, keep: int = 1) -> CleanPlan:
             kept_count += 1
             keep_list.append((path, "newest loadable checkpoint"))
             continue
-        if is_ours(path) is False:  # loads, but without our format key: not kssm's to delete
-            keep_list.append((path, "not written by kssm (no kssm format key): never cleaned"))
+        ours = is_ours(path)
+        if ours is not True:  # not provably kssm's (another program's, or too damaged to tell): never deleted
+            why = "not written by kssm (no kssm format key)" if ours is False else "unreadable: cannot tell who wrote it"
+            keep_list.append((path, f"{why}: never cleaned"))
             continue
         if kept_count < keep:
             kept_count += 1

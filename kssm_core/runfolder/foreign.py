@@ -63,13 +63,17 @@ class ForeignRun:
 
 
 def is_ours(path: str | Path) -> bool | None:
-    """True: a checkpoint this project wrote (our `format` key); False: a loadable one without it;
-    None: unreadable (damaged, hostile, not a checkpoint): nothing can be said."""
+    """True: a checkpoint this project wrote (our `format` key); False: not ours (loadable without the key,
+    pickled Python objects the safe loader refuses, or not a K-SSM checkpoint at all); None: damaged or
+    truncated, so nothing can be said (callers that delete or replace treat None as not theirs)."""
     from kssm_core.training.checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint
 
     try:
         state = load_checkpoint(path, mmap=True)  # mapped: a multi-GB file costs little memory
-    except CheckpointError:
+    except CheckpointError as exc:
+        text = str(exc)
+        if ": refused:" in text or "not a K-SSM checkpoint" in text:  # a real file of someone else's making
+            return False
         return None
     return state.get("format") == CHECKPOINT_FORMAT
 

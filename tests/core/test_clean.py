@@ -222,4 +222,5 @@ def test_plan_checks_loadability_with_mmap(tmp_path, monkeypatch):
     assert {name for name, _ in calls} >= {"checkpoint_50.pt", "checkpoint_40.pt"}
     assert all(mmap for _, mmap in calls)
     assert (run / "checkpoint_40.pt", "newest loadable checkpoint") in plan.keep  # the truncated one failed
-    assert run / "checkpoint_50.pt" in dict(plan.delete)
+    # and a file too damaged to say who wrote it is never deleted (it may be another program's)
+    assert (run / "checkpoint_50.pt", "unreadable: cannot tell who wrote it: never cleaned") in plan.keep
