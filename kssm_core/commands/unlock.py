@@ -40,10 +40,11 @@ def run(args: argparse.Namespace) -> int:
         what = "not a folder" if run_dir.exists() else "no such folder"
         print(f"kssm unlock: {run_dir}: {what} (give a run folder, e.g. results/stage1)", file=sys.stderr)
         return EXIT_USAGE
+    from kssm_core.runfolder import layout
     from kssm_core.runfolder.foreign import foreign_run
 
     foreign = foreign_run(run_dir)
-    if foreign is not None and os.path.lexists(run_dir / "training.lock"):  # a symlinked lock counts too
+    if foreign is not None and os.path.lexists(run_dir / layout.LOCK):  # a symlinked lock counts too
         _, reason = lock_state(read_lock(run_dir))
         print(f"kssm unlock: {run_dir} holds {foreign.what()}: its training.lock ({reason}) is left as it is; "
               f"kssm train --output-dir {run_dir} --adopt moves it to previous/ with the rest", file=sys.stderr)

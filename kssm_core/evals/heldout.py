@@ -13,6 +13,7 @@ import torch
 
 from kssm_core.training.corpus import CorpusError, load_corpus
 from kssm_core.training.data import VAL_EVERY, Tokenizer, load_tokens, split_chunks
+from kssm_core.runfolder import layout
 
 
 @dataclass
@@ -36,7 +37,7 @@ def _cache_candidates(train_cfg: dict, run_dir: Path) -> list[Path]:
     if isinstance(train_cfg.get("data_dir_resolved"), str):
         out.append(Path(train_cfg["data_dir_resolved"]))
     try:
-        body = json.loads((run_dir / "config.json").read_text())
+        body = json.loads((run_dir / layout.CONFIG).read_text())
         if isinstance(body, dict) and isinstance(body.get("data_dir"), str):
             out.append(Path(body["data_dir"]))
     except (OSError, ValueError):

@@ -21,8 +21,9 @@ from kssm_core.reports.overlay import run_names  # noqa: F401 - its home is over
 from kssm_core.runfolder import legacy
 from kssm_core.runfolder.history import EVAL_FIELDS, STEP_FIELDS, RunHistory, Series, as_number
 from kssm_core.runfolder.runlog import EventLogReader
+from kssm_core.runfolder import layout
 
-EVENTS_NAME = "events.jsonl"
+EVENTS_NAME = layout.EVENTS
 # Every numeric field a step event may carry (docs/run-folder.md), then its time.
 STEP_COLUMNS = STEP_FIELDS + ("gpu_mem_reserved_bytes",)
 EVAL_COLUMNS = EVAL_FIELDS

@@ -14,16 +14,14 @@ the format test opens checkpoints memory-mapped with torch.load(weights_only=Tru
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from kssm_core.runfolder import layout
 
-EVENTS_NAME = "events.jsonl"
-LOG_NAME = "training.log"
-BEST_NAME = "best_model.pt"
-_CHECKPOINT_RE = re.compile(r"^checkpoint_(\d+)\.pt$")  # as kssm_core.training.checkpoint.CHECKPOINT_RE
+EVENTS_NAME, LOG_NAME, BEST_NAME = layout.EVENTS, layout.TRAINING_LOG, layout.BEST_MODEL
+_CHECKPOINT_RE = layout.CHECKPOINT_RE
 # Ours even inside a foreign folder: the archive, and the cockpit's capture of the trainer it is starting.
-NEVER_MOVED = ("previous", "trainer.out", "trainer.err")
+NEVER_MOVED = (layout.PREVIOUS, layout.TRAINER_OUT, layout.TRAINER_ERR)
 
 
 @dataclass

@@ -19,8 +19,9 @@ import time
 from pathlib import Path
 
 from kssm_core.runbook.stages import STAGES
+from kssm_core.runfolder import layout
 
-LOG_NAME = "training.log"
+LOG_NAME = layout.TRAINING_LOG
 MAX_LEGACY_BYTES = 256 * 1024 * 1024  # a text log bigger than this is read from its last 256 MB
 
 _NUM = r"([-+]?(?:\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|nan|inf))"

@@ -28,10 +28,11 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from kssm_core.runfolder import layout
 
 import psutil
 
-LOCK_NAME = "training.lock"
+LOCK_NAME = layout.LOCK
 START_TIME_TOLERANCE_S = 1.0
 MAX_LOCK_BYTES = 64 * 1024  # a real lock is ~100 bytes: anything larger is not one
 

@@ -15,9 +15,10 @@ import time
 from pathlib import Path
 
 from kssm_core.training.checkpoint import BEST_NAME, CHECKPOINT_RE
+from kssm_core.runfolder import layout
 
 ARCHIVE_DIR = "previous"
-RUN_FILES = ("events.jsonl", "training.log", "config.json", BEST_NAME, "eval", "eval.out")
+RUN_FILES = layout.RUN_FILES
 
 
 class ArchiveError(Exception):
@@ -51,7 +52,7 @@ def previous_run_files(run_dir: str | Path) -> list[Path]:
         return []
     ckpts = [n for n in names if CHECKPOINT_RE.match(n)]
     present = [n for n in RUN_FILES if n in names]
-    if not (ckpts or BEST_NAME in names or ("events.jsonl" in names and _has_run_start(root / "events.jsonl"))):
+    if not (ckpts or BEST_NAME in names or (layout.EVENTS in names and _has_run_start(root / layout.EVENTS))):
         return []
     return [root / n for n in present + ckpts]
 

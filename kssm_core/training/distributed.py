@@ -35,6 +35,7 @@ import torch
 import torch.distributed as dist
 
 from kssm_core.training.data import BatchSampler
+from kssm_core.runfolder import layout
 
 TRAIN_TIMEOUT_S = float(os.environ.get("KSSM_DIST_TIMEOUT_S", "60"))
 """Training collectives (gradients, metrics): a peer silent this long is taken as dead."""
@@ -339,12 +340,12 @@ def finish_after_workers(run_dir: Path, since: float, code: int) -> int:
     from kssm_core.runfolder.events import EventWriter
     from kssm_core.runfolder.lock import lock_state, read_lock, unlock
 
-    started, status = _run_end_since(run_dir / "events.jsonl", since)
+    started, status = _run_end_since(run_dir / layout.EVENTS, since)
     if status is not None:
         return {"completed": 0, "interrupted": 130}.get(status, 2 if code == 2 else 1)  # 2: refused to start
     if not started:
         return code if code else 1
-    writer = EventWriter(run_dir / "events.jsonl")
+    writer = EventWriter(run_dir / layout.EVENTS)
     try:
         writer.emit(
             "run_end", status="failed", reason=f"a training process died (torchrun exit code {code})",

@@ -44,6 +44,7 @@ from kssm_core.model.kssm import KSSM
 from kssm_core.training.precision import autocast, resolve_precision
 from kssm_core.training.rng import rng_for_rank, set_rng_state
 from kssm_core.training.saving import CheckpointSaver
+from kssm_core.runfolder import layout
 
 EXIT_COMPLETED, EXIT_FAILED, EXIT_REFUSED, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -208,11 +209,11 @@ class Trainer:
             self._say(f"cannot move the previous run in {self.out} aside: {getattr(exc, 'strerror', None) or exc}")
             lock.release()
             return EXIT_REFUSED
-        self.events = EventWriter(self.out / "events.jsonl") if main else NullEventWriter()
+        self.events = EventWriter(self.out / layout.EVENTS) if main else NullEventWriter()
         if main and self.sink is not None:
             from kssm_core.reports.tfevents import TeeEvents
             self.events = TeeEvents(self.events, self.sink)
-        self.log = TextLog(self.out / "training.log", echo=self.echo) if main else NullTextLog()
+        self.log = TextLog(self.out / layout.TRAINING_LOG, echo=self.echo) if main else NullTextLog()
         hb = threading.Thread(target=self._heartbeat, name="kssm-heartbeat", daemon=True)
         hb.start()
         try:
@@ -502,7 +503,7 @@ class Trainer:
         from kssm_core.runbook.probe import probe
         from kssm_core.runfolder.follower import RunFollower
 
-        if not (self.out / "events.jsonl").is_file():
+        if not (self.out / layout.EVENTS).is_file():
             return None
         try:
             history = RunFollower(self.out).refresh()
@@ -552,7 +553,7 @@ class Trainer:
     def _write_config_json(self, model_cfg: ModelConfig) -> None:
         body = {"train": self.cfg.to_dict(), "model": model_cfg.to_dict(), "data_dir": str(self.data.folder)}
         # never fsynced before either: config.json is rewritten at every start
-        atomic_write_bytes(self.out / "config.json", json.dumps(body, indent=2).encode("utf-8"), durable=False)
+        atomic_write_bytes(self.out / layout.CONFIG, json.dumps(body, indent=2).encode("utf-8"), durable=False)
 
     # ---- the loop --------------------------------------------------------------------------------
     def _loop(self, step: int) -> int:
@@ -697,14 +698,14 @@ def recorded_config(run_dir: Path) -> dict | None:
     """The settings this folder's run was started with (TrainConfig as a dict): config.json's, else the
     newest run_start's; None when neither is readable."""
     try:
-        body = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+        body = json.loads((run_dir / layout.CONFIG).read_text(encoding="utf-8"))
         if isinstance(body, dict) and isinstance(body.get("train"), dict):
             return body["train"]
     except (OSError, ValueError):
         pass
     found = None
     try:
-        with open(run_dir / "events.jsonl", "rb") as fh:
+        with open(run_dir / layout.EVENTS, "rb") as fh:
             for line in fh:
                 if b'"run_start"' not in line:
                     continue
