@@ -23,7 +23,10 @@ from collections.abc import Sequence
 import numpy as np
 import plotext as plt
 from rich.text import Text
+
 from textual.widget import Widget
+
+from kssm_core.reports.overlay import bucket_mean  # one mean point per bucket (smoothed lines)
 
 from ..safe_text import ascii_mode, clean, one_line
 
@@ -133,18 +136,6 @@ def downsample(x: np.ndarray, y: np.ndarray, buckets: int) -> tuple[np.ndarray, 
     ys[0::2] = lo
     ys[1::2] = hi
     return xs, ys
-
-
-def bucket_mean(x: np.ndarray, y: np.ndarray, buckets: int) -> tuple[np.ndarray, np.ndarray]:
-    """One mean point per bucket (used when smoothing, where the min/max envelope would defeat the EMA)."""
-    n = len(x)
-    if buckets <= 0 or n <= buckets:
-        return x, y
-    edges = np.unique(np.linspace(0, n, buckets + 1).astype(np.int64)[:-1])
-    counts = np.diff(np.append(edges, n))
-    means = np.add.reduceat(y, edges) / counts
-    ends = np.append(edges[1:], n) - 1
-    return (x[edges] + x[ends]) / 2.0, means
 
 
 def ema(y: np.ndarray, span: float) -> np.ndarray:
