@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,27 +20,14 @@ from kssm_tui.widgets.chart import REFERENCE_GLYPH, RUN_GLYPHS
 from runfolders import healthy, stage_path, write_run
 
 SIZE = (100, 34)
+from test_app_keys import ready, sync  # noqa: E402  (the Pilot helpers live once)
+from test_app_keys import until as _until  # noqa: E402
+
 ARCHIVE = "20260101T000000Z"
 
 
-def sync(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        return asyncio.run(fn(*args, **kwargs))
-    return wrapper
-
-
 async def until(pilot, cond, timeout: float = 8.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return
-        await pilot.pause(0.05)
-    raise AssertionError("condition not met in time")
-
-
-async def ready(pilot) -> None:
-    await until(pilot, lambda: pilot.app.stages and pilot.app.view is not None)
+    await _until(pilot, cond, timeout)  # a longer default: the runs worker scans every folder first
 
 
 def prepared(root: Path) -> Path:
