@@ -74,6 +74,8 @@ class RunView:
     end_status: str | None = None  # the newest run_end's status (completed / interrupted / failed), None while running
     end_reason: str | None = None  # and its reason (e.g. nan_loss, max_steps reached)
     status: Any = None  # kssm_core.runbook.runstatus.RunStatus the view renders (None while loading)
+    autopilot_line: str | None = None  # what an autopilot on this runs root is doing (kssm_tui.autopilot_watch)
+    autopilot_pid: int | None = None  # its PID while it runs: n / r / s are then left to it
 
 
 class StagesChanged(Message):

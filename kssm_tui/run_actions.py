@@ -60,7 +60,17 @@ class RunActions:
         self._in_thread(lambda: self._spawn(command, run_dir, f"Stage {number} started"))
         self.dash.show_stages(self.stages, number, number)
 
+    def _autopilot_drives(self) -> bool:
+        """While an autopilot runs, the keys that start or stop trainers are its (a stops it first)."""
+        pid = self.view.autopilot_pid if self.view is not None else None
+        if pid:
+            self.say(f"the autopilot (PID {pid}) drives {self.runs_root}: it starts, judges and recovers trainers; "
+                     "press a to stop it first", severity="warning")
+        return bool(pid)
+
     def action_next_stage(self) -> None:
+        if self._autopilot_drives():
+            return
         if self.controller.child_alive() or any(s.state == "running" for s in self.stages.values()):
             self.say("a trainer is already running: stop it (s) or wait", severity="warning")
             return
@@ -96,6 +106,8 @@ class RunActions:
         self.push_screen(ConfirmDialog(f"Start Stage {nxt} anyway?", lines, f"Start Stage {nxt}"), done)
 
     def action_resume(self) -> None:
+        if self._autopilot_drives():
+            return
         run_dir = self.shown_dir()
         v = self.view if self.view is not None and self.view.run_dir == run_dir else None
         if v is not None and v.status is not None and v.status.source == "legacy":  # never continued in place
@@ -148,6 +160,8 @@ class RunActions:
         self._spawn(ctl.resume_command(run_dir, target), run_dir, f"resuming {run_dir.name}")
 
     def action_stop(self) -> None:
+        if self._autopilot_drives():
+            return
         run_dir = self.shown_dir()
         self._in_thread(lambda: self._ask_stop(run_dir))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from collections import deque
 import time
 from pathlib import Path
 from typing import Callable
@@ -26,6 +27,7 @@ from kssm_core.runfolder.lock import lock_state, read_lock
 from kssm_core.runfolder.system import process
 
 from . import labels
+from .autopilot_watch import AutopilotWatch
 from .messages import RunChanged, RunView, StageInfo, StagesChanged, WorkerTrouble
 from .views import build_view
 
@@ -70,6 +72,10 @@ class Monitor:
         self._previewed: set[Path] = set()
         self._preview_view: RunView | None = None
         self._preview_follower: RunFollower | None = None
+        self.autopilot = AutopilotWatch(self.runs_root)  # an autopilot driving this runs root, if any
+        self._ap_stage: int | None = None
+        self._ap_entries: list[tuple[str, str]] = []  # its decisions not yet in a posted view
+        self._ap_recent: deque[tuple[str, str]] = deque(maxlen=20)  # and the newest, for a view that starts over
 
     def follower(self, folder: Path) -> RunFollower:
         with self._followers_lock:  # the App's thread may ask for the shown folder's follower too
@@ -153,11 +159,21 @@ class Monitor:
         st = self.status(shown, force=forced)
         if stage is None and self.attach == folder:
             stage = st.stage if st.source != "none" else None
-        key = (folder, shown.version, self.judged_serial(folder), self.selected)
+        ap = self.autopilot.poll()
+        if ap is not None and ap.alive and ap.stage and ap.stage != self._ap_stage:
+            self._ap_stage = ap.stage  # the autopilot moved on: show the stage it is on (once per move)
+            if self.attach is None and ap.stage in self.folders and self.selected != ap.stage:
+                self.selected = ap.stage
+                self.force.set()
+        self._ap_entries += ap.new_entries if ap else []
+        self._ap_recent.extend(ap.new_entries if ap else [])
+        key = (folder, shown.version, self.judged_serial(folder), self.selected, ap.line if ap else None)
         if key == self._shown and not self.force.is_set() and not after_preview:
             return stages_out, None
         fresh = self._fresh(folder) or after_preview  # the full history replaces the preview's log
-        view = build_view(shown, st, stage, fresh, hints=self._hints())
+        view = build_view(shown, st, stage, fresh, hints=self._hints(), autopilot=ap,
+                          extra_entries=list(self._ap_recent) if fresh else self._ap_entries)
+        self._ap_entries = []
         self.force.clear()
         self._shown = key  # only once the view exists: a failure above is retried on the next tick
         return stages_out, view

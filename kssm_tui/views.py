@@ -43,7 +43,8 @@ def downsample(steps, values, limit: int = MAX_POINTS) -> tuple[list[int], list[
 
 
 def build_view(f: RunFollower, status: RunStatus | None, stage: int | None, fresh: bool, *,
-               loading: str | None = None, hints: tuple[int | None, bool] = (None, True)) -> RunView:
+               loading: str | None = None, hints: tuple[int | None, bool] = (None, True),
+               autopilot=None, extra_entries: list[tuple[str, str]] | None = None) -> RunView:
     """The dashboard's payload for one run (downsampled: cost is bounded whatever the run's length).
 
     `status`: the core's judgement of the run (None while a long log is still being read: `loading` then
@@ -74,7 +75,7 @@ def build_view(f: RunFollower, status: RunStatus | None, stage: int | None, fres
     hb_t = hb.get("t") if isinstance(hb.get("t"), (int, float)) else None
     replace = fresh or f.reset_pending
     f.reset_pending = False
-    entries = entries_for(f.take_records())
+    entries = entries_for(f.take_records()) + list(extra_entries or [])  # + the autopilot's new decisions
     if status is None:
         label, reason, rows, assessment, rec, alerts = "loading", loading or "reading history", [], None, loading or "", []
         lock, pid, need, end = "none", None, None, {}
@@ -97,6 +98,8 @@ def build_view(f: RunFollower, status: RunStatus | None, stage: int | None, fres
         alerts=alerts, trainer_out_tail=_clean_block(tail),
         end_status=_text_or_none(end.get("status")), end_reason=_text_or_none(end.get("reason")),
         status=status,
+        autopilot_line=autopilot.line if autopilot is not None else None,
+        autopilot_pid=autopilot.pid if autopilot is not None and autopilot.alive else None,
     )
 
 

@@ -128,8 +128,11 @@ class Dashboard(Screen):
             t.append(f"  PID {view.lock_pid}")
         elif view.lock_state == "stale":
             t.append("  stale lock", style="yellow")
+        if view.autopilot_line:  # it drives the runs root: what it does comes before the runbook's advice
+            t.append("\n")
+            t.append(clean(view.autopilot_line), style="bold magenta")
         # Next first: at 80x24 the panel has four rows, and what to do matters more than why.
-        if view.recommendation and view.recommendation != view.state_reason:
+        if view.recommendation and view.recommendation != view.state_reason and not view.autopilot_pid:
             t.append("\nNext: ", style="bold")
             t.append(clean(view.recommendation))
         t.append("\n")

@@ -135,16 +135,17 @@ def test_corrupt_newest_checkpoint_is_skipped_with_a_warning(run_copy, data_dir)
 
 
 def test_malicious_checkpoint_is_refused_on_resume_and_never_runs(run_copy, data_dir, tmp_path):
+    """A planted checkpoint (pickled objects, no kssm format key) is never unpickled; and since the folder now
+    holds a file kssm did not write (which step 8's save would replace), --resume refuses to write there."""
     marker = tmp_path / "PWNED"
     evil_checkpoint(run_copy / "checkpoint_8.pt", marker)
+    planted = (run_copy / "checkpoint_8.pt").read_bytes()
     r = run_kssm(*train_args(run_copy, data_dir, "--max-steps", "8", "--save-interval", "2", "--log-interval", "1",
                              "--eval-interval", "3", "--resume"))
     assert not marker.exists()
-    assert r.returncode == 0, r.stderr
-    (skip,) = warnings(run_copy, "checkpoint_skipped")
-    assert "checkpoint_8.pt" in skip["message"] and "refused" in skip["message"]
-    start = [e for e in read_events(run_copy) if e["event"] == "run_start"][-1]
-    assert start["resumed_from"].endswith("checkpoint_6.pt")
+    assert r.returncode == 2 and "checkpoint_8.pt" in r.stderr and "--adopt" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert (run_copy / "checkpoint_8.pt").read_bytes() == planted  # left exactly as it was
 
 
 def test_resume_with_nothing_to_resume_starts_fresh_with_a_warning(tmp_path, data_dir):

@@ -65,3 +65,35 @@ async def test_a_stops_a_running_autopilot_after_asking(runs, sleeper):
         await pilot.click("#confirm")
         await until(pilot, lambda: sleeper.poll() is not None)
     assert sleeper.returncode == -15  # SIGTERM: the autopilot logs 'stopped' and leaves its trainer running
+
+
+@sync
+async def test_the_cockpit_shows_what_the_autopilot_does_and_leaves_n_r_s_to_it(runs, sleeper):
+    """Item 5: the run panel says what it is doing, its decisions reach the event log, the dashboard follows
+    its stage, and the keys that would fight it (n, r, s) say so instead of acting."""
+    store = Store(runs)
+    store.ensure()
+    store.save(State(str(runs), {}, "d", [StageRecord(1, "Smoke test", "stage1", 100, 1, status="passed",
+                                                      attempts=[Attempt(1, "start", "no run")]),
+                                          StageRecord(2, "Short validation", "stage2", 500, 2, status="running",
+                                                      attempts=[Attempt(1, "start", "no run")])]))
+    state = json.loads((store.dir / layout.AUTOPILOT_STATE).read_text())
+    state["current"] = 2
+    (store.dir / layout.AUTOPILOT_STATE).write_text(json.dumps(state))
+    with open(store.dir / layout.AUTOPILOT_DECISIONS, "a") as fh:
+        fh.write(json.dumps({"t": 1.0, "stage": 2, "decision": "start", "reason": "gate 1 passed"}) + "\n")
+    (store.dir / layout.AUTOPILOT_LOCK).write_text(json.dumps(
+        {"pid": sleeper.pid, "host": socket.gethostname(), "start_time": process_start_time(sleeper.pid), "created": 0}))
+    app, spawned = make_app(runs)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await until(pilot, lambda: app.view.autopilot_pid == sleeper.pid and app.selected == 2, timeout=20)
+        assert "AUTOPILOT RUNNING" in app.view.autopilot_line and "stage 2" in app.view.autopilot_line
+        log = app.dash.query_one("#events")
+        await until(pilot, lambda: "stage 2: start: gate 1 passed" in "\n".join(
+            log.render_line(y).text for y in range(log.size.height)), timeout=20)
+        for key in ("n", "r", "s"):
+            await pilot.press(key)
+            await pilot.pause(0.2)
+        assert spawned == [] and notes(app).count("press a to stop it first") == 3
+    assert sleeper.poll() is None
