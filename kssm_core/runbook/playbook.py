@@ -68,9 +68,10 @@ def init_from_args(runs_root: str | Path, stage: int | None) -> list[str]:
 
 
 def train_command(history: RunHistory, run_dir: str | Path | None = None, *, resume: bool = False,
-                  **overrides: Any) -> str:
+                  judged_stage: int | None = None, **overrides: Any) -> str:
     """`kssm train ...` that repeats the run's settings (stage, folder, preset, corpus) with `overrides` applied.
-    Override names are TrainConfig fields (learning_rate=..., lambda_reg=..., seed=..., max_steps=...)."""
+    Override names are TrainConfig fields (learning_rate=..., lambda_reg=..., seed=..., max_steps=...).
+    `judged_stage`: for a reference run (no stage of its own), the stage whose row asked for the rerun."""
     cfg = history.config
     st = as_step(cfg.get("stage")) or as_step((history.run_start or {}).get("stage"))
     target = as_step(overrides.pop("max_steps", None)) or history.max_steps
@@ -85,7 +86,7 @@ def train_command(history: RunHistory, run_dir: str | Path | None = None, *, res
     if _is_legacy(history) and run_dir is not None:  # start over beside it, from its best model
         init = Path(run_dir) / layout.BEST_MODEL if (Path(run_dir) / layout.BEST_MODEL).is_file() else None
         overrides.setdefault("tokenizer", "chars")
-        st = None
+        st, target = judged_stage, None  # a runbook stage of ours, at its own length
     return cmdline.text(cmdline.train(stage=st, output_dir=out, resume=resume, max_steps=target, init_from=init,
                                       config=cfg, overrides=overrides))
 
@@ -153,7 +154,7 @@ def remedy_for(row: MatrixRow, history: RunHistory, run_dir: str | Path | None =
     if m == "Loss":
         if failure:
             lr = lower_learning_rate(cfg.get("learning_rate"))
-            return (train_command(history, run_dir, learning_rate=lr),
+            return (train_command(history, run_dir, learning_rate=lr, judged_stage=row.stage),
                     f"loss NaN or increasing: restart the stage with a 10x lower learning rate ({lr:g})")
         return data_check_command(history), "loss flat: check the data loads and decodes to text, then restart the stage"
     if m == "Val PPL":
@@ -161,12 +162,12 @@ def remedy_for(row: MatrixRow, history: RunHistory, run_dir: str | Path | None =
             return (data_check_command(history),
                     "val PPL high (degrading like v2): check data loading - token counts and a decoded sample")
         lr = lower_learning_rate(cfg.get("learning_rate"), factor=2.0)
-        return (train_command(history, run_dir, learning_rate=lr),
+        return (train_command(history, run_dir, learning_rate=lr, judged_stage=row.stage),
                 f"val PPL not improving: halve the learning rate ({lr:g}); or double --batch-size if memory allows; "
                 "grad norms should be 1-10")
     if m == "u_val" or (m == "u_val regime" and failure and ("floor" in reason or "ceiling" in reason)):
         lam = raise_lambda_reg(cfg.get("lambda_reg"))
-        return (train_command(history, run_dir, lambda_reg=lam),
+        return (train_command(history, run_dir, lambda_reg=lam, judged_stage=row.stage),
                 f"u_val at the clamps: strengthen the log barrier (--lambda-reg {lam:g})")
     if m in ("R", "R zones") or (m == "u_val regime" and failure) or (m == "Goldilocks" and failure):
         seed = next_seed(cfg.get("seed"))
@@ -174,7 +175,7 @@ def remedy_for(row: MatrixRow, history: RunHistory, run_dir: str | Path | None =
                "R zones": "R not exploring (single attractor): restart with another seed; if persistent, an architecture issue",
                "u_val regime": "u_val locked: restart with another seed",
                "Goldilocks": "R far below 0.30: restart with another seed; if persistent, revise the architecture"}[m]
-        return train_command(history, run_dir, seed=seed), why
+        return train_command(history, run_dir, seed=seed, judged_stage=row.stage), why
     if m == "u_val regime":
         return (status_watch_command(run_dir, history),
                 "edge-surfing not observed: not necessarily a failure if quality is good; watch u_val stay stable")
