@@ -78,7 +78,7 @@ class Monitor:
         self._ap_recent: deque[tuple[str, str]] = deque(maxlen=20)  # and the newest, for a view that starts over
 
     def follower(self, folder: Path) -> RunFollower:
-        with self._followers_lock:  # the App's thread may ask for the shown folder's follower too
+        with self._followers_lock:  # only the tail worker calls it today; safe if another thread ever does
             f = self.followers.get(folder)
             if f is None:
                 f = self.followers[folder] = RunFollower(folder, cache_after_bytes=CACHE_AFTER_BYTES)

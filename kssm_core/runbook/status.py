@@ -56,11 +56,5 @@ def run_status(run_dir: str | Path, criteria: Criteria | None = None, *, followe
     return status_of(f, criteria, now=now)
 
 
-def cache_dir() -> Path:  # kept for callers that show where the cache lives
-    from kssm_core.runfolder.follower import cache_dir as _cd
-
-    return _cd()
-
-
 __all__ = ["RunStatus", "Recommendation", "run_status", "status_of", "find_run_dirs", "is_run_dir",
            "exit_code_for", "format_duration"]
