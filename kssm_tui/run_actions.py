@@ -114,7 +114,8 @@ class RunActions:
             self.say(f"not resuming in {run_dir.name}: a reference-trainer run is never written to; "
                      f"{v.status.recommendation.text}", severity="warning", timeout=12)
             return
-        if v is not None and v.end_status == "completed":
+        rec = v.status.recommendation.code if v is not None and v.status is not None else None
+        if v is not None and v.end_status == "completed" and rec != "no_final_checkpoint":  # (that one: resume)
             self.say(f"{run_dir.name} finished ({v.state}): nothing to resume; press n for the next stage",
                      severity="warning")
             return

@@ -555,3 +555,22 @@ async def test_n_runs_the_command_the_next_line_shows(runs):
     cmd, _ = spawned[0]
     assert cmd[cmd.index("--corpus") + 1] == "books/" and cmd[cmd.index("--preset") + 1] == "small"
     assert cmd[cmd.index("--tokenizer") + 1] == "chars" and cmd[cmd.index("--stage") + 1] == "3"
+
+
+@sync
+async def test_r_resumes_a_run_completed_without_its_final_checkpoint(runs):
+    """kssm status says resume (disk was low at the end); r does what it says instead of 'nothing to resume'."""
+    d = write_run(stage_path(runs, 1), 1, 100)
+    lines = (d / "events.jsonl").read_text().splitlines()
+    end = json.loads(lines[-1])
+    end["final_checkpoint"] = False
+    lines[-1] = json.dumps(end)
+    (d / "events.jsonl").write_text("\n".join(lines) + "\n")
+    app, spawned = make_app(runs)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        assert app.view.status.recommendation.code == "no_final_checkpoint"
+        await pilot.press("r")
+        await until(pilot, lambda: spawned)
+    cmd, run_dir = spawned[0]
+    assert "--resume" in cmd and run_dir == d
