@@ -71,6 +71,12 @@ class RunActions:
     def action_next_stage(self) -> None:
         if self._autopilot_drives():
             return
+        if self.attach is not None and self.monitor.selected is None and self.attach not in self.monitor.folders.values():
+            # The attached folder is not one of RUNS_ROOT's stages: n would start something elsewhere, unasked.
+            advice = self.view.status.recommendation.text if self.view is not None and self.view.status else ""
+            self.say(f"n starts the runbook's stages under {self.runs_root}; press 1-5 to pick one first"
+                     + (f" (for {self.attach.name}: {advice})" if advice else ""), severity="warning", timeout=10)
+            return
         if self.controller.child_alive() or any(s.state == "running" for s in self.stages.values()):
             self.say("a trainer is already running: stop it (s) or wait", severity="warning")
             return

@@ -217,3 +217,17 @@ async def test_a_stale_lock_naming_another_pid_does_not_hide_the_runs_live_train
         await pilot.press("r")
         await pilot.pause(0.3)
         assert spawned == [] and "not resuming" in notes(app)
+
+
+@sync
+async def test_n_on_an_attached_folder_outside_the_stages_starts_nothing(runs):
+    """QA: with --attach on a reference run, n used to start Stage 1 of RUNS_ROOT at once, unasked."""
+    d = legacy_finished(runs.parent)
+    app, spawned = make_app(runs, attach=d)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await pilot.press("n")
+        await pilot.pause(0.3)
+        assert spawned == [] and "press 1-5 to pick one first" in notes(app)
+        await pilot.press("1", "n")
+        await until(pilot, lambda: spawned)  # once a stage is picked, n does what it always did
