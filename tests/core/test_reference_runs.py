@@ -21,7 +21,6 @@ from kssm_testkit import REPO, TINY_ARGS, read_events
 from kssm_core.cli import main
 
 FIXTURES = REPO / "tests" / "fixtures" / "reference-runs"
-SHARED = REPO.parent / "shared" / "reference-runs"  # where the fixtures came from; absent in a user's clone
 # (V, D, L, N, H, position rows) of each reference folder's model, from its README
 SHAPES = {"finished": (256, 96, 3, 24, 8, 1024), "crashed": (256, 64, 2, 16, 8, 1024)}
 WEIGHTS = {"finished": "best_model.pt", "crashed": "checkpoint_100.pt"}
@@ -84,12 +83,16 @@ def one_line(text: str) -> str:
 
 
 def test_the_fixtures_are_the_reference_trainers_bytes():
-    if not SHARED.is_dir():
-        pytest.skip("../shared/reference-runs is not here (a user's clone): nothing to compare with")
-    for path in FIXTURES.rglob("*"):
-        if path.is_file() and path.name != "README.md":
-            rel = path.relative_to(FIXTURES)
-            assert path.read_bytes() == (SHARED / rel).read_bytes(), rel
+    """SHA256SUMS was taken from the reference trainer's own folders when they were copied (README.md)."""
+    listed = {}
+    for line in (FIXTURES / "SHA256SUMS").read_text().splitlines():
+        digest, rel = line.split(maxsplit=1)
+        listed[rel] = digest
+    present = {str(p.relative_to(FIXTURES)) for p in FIXTURES.rglob("*")
+               if p.is_file() and p.name not in ("README.md", "SHA256SUMS")}
+    assert present == set(listed)
+    for rel, digest in listed.items():
+        assert hashlib.sha256((FIXTURES / rel).read_bytes()).hexdigest() == digest, rel
 
 
 def test_a_reference_folder_is_foreign_and_ours_is_not(refs, tmp_path):

@@ -1,4 +1,4 @@
-"""The sample classifier on real prose (../shared/corpus) versus scrambled-letter and random-token text."""
+"""The sample classifier on real prose (tests/fixtures/prose) versus scrambled-letter and random-token text."""
 
 from __future__ import annotations
 
@@ -6,14 +6,12 @@ import random
 import re
 from pathlib import Path
 
-import pytest
 
 from kssm_core.runbook.criteria import Criteria
 from kssm_core.runbook.sample_quality import classify_sample, is_word
 
-CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus"
-BOOKS = sorted(CORPUS.glob("*.txt")) if CORPUS.is_dir() else []
-needs_corpus = pytest.mark.skipif(not BOOKS, reason="../shared/corpus is not available here")
+PROSE = Path(__file__).resolve().parents[1] / "fixtures" / "prose"  # excerpts of five public-domain books
+BOOKS = sorted(PROSE.glob("*.txt"))
 
 
 def windows(n_per_book=8, words=40):
@@ -21,9 +19,7 @@ def windows(n_per_book=8, words=40):
     rnd = random.Random(7)
     out = []
     for book in BOOKS:
-        text = book.read_text(encoding="utf-8", errors="replace")
-        body = text[len(text) // 10: -len(text) // 10]  # skip licence headers and footers
-        toks = body.split()
+        toks = book.read_text(encoding="utf-8").split()  # excerpts from the books' bodies: no licence text
         for _ in range(n_per_book):
             i = rnd.randrange(0, len(toks) - words)
             out.append(" ".join(toks[i:i + words]))
@@ -41,13 +37,15 @@ def random_tokens(n: int, rnd: random.Random) -> str:
                     for _ in range(n))
 
 
-@needs_corpus
+def test_the_prose_fixtures_are_there():
+    assert len(BOOKS) == 5  # a missing fixture must fail, not skip the real-prose tests below
+
+
 def test_real_prose_is_words_and_phrases():
     labels = [classify_sample(w).label for w in windows()]
     assert labels.count("words") / len(labels) >= 0.9, labels
 
 
-@needs_corpus
 def test_scrambled_letters_of_the_same_prose_are_gibberish():
     rnd = random.Random(1)
     labels = [classify_sample(scramble_letters(w, rnd)).label for w in windows()]
