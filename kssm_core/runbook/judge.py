@@ -25,7 +25,7 @@ from kssm_core.runbook.stages import stage as stage_info
 from kssm_core.runbook import alerts as alerts_mod
 from kssm_core.runbook.advice import recommend
 from kssm_core.runbook.criteria import DEFAULT, Criteria
-from kssm_core.runbook.matrix import assess_stage, full_matrix, infer_stage
+from kssm_core.runbook.matrix import assess_all, infer_stage
 from kssm_core.runbook.probe import RunFacts
 from kssm_core.runbook.runstatus import Recommendation, RunStatus
 from kssm_core.runbook.verdicts import Severity, Verdict
@@ -193,8 +193,8 @@ def judge(history: RunHistory, facts: RunFacts, criteria: Criteria | None = None
     state, why = run_state(history, facts, alive, starting)
 
     stage = infer_stage(history, run_dir)
-    assessment = assess_stage(history, stage, c, facts.eval_results, run_dir)
-    matrix = full_matrix(history, stage, c, facts.eval_results, run_dir)
+    judged, matrix = assess_all(history, stage, c, facts.eval_results, run_dir)  # each stage judged once
+    assessment = judged[stage]
     sysf = dataclasses.replace(facts.system, process=facts.process if alive else None)
     found = alerts_mod.compute_alerts(history, lock=facts.lock, facts=sysf, now=now, criteria=c, run_dir=run_dir,
                                       process_alive=alive)

@@ -625,20 +625,30 @@ def assess_stage(history: RunHistory, stage: int, criteria: Criteria | None = No
     return StageAssessment(stage, rows, verdict, action, summary, provisional)
 
 
-def full_matrix(history: RunHistory, current_stage: int, criteria: Criteria | None = None,
-                eval_results: dict | None = None, run_dir: str | Path | None = None) -> list[MatrixRow]:
-    """Every row of every stage. Staged runs: stages <= current_stage judged from this history, later ones
-    Pending. Other runs: every stage the run reached, each judged at its milestone (stage_window)."""
+def assess_all(history: RunHistory, current_stage: int, criteria: Criteria | None = None,
+               eval_results: dict | None = None, run_dir: str | Path | None = None
+               ) -> tuple[dict[int, StageAssessment], list[MatrixRow]]:
+    """Every stage judged once: ({stage: its assessment, for the stages judged}, every row of every stage).
+    Staged runs: stages <= current_stage judged from this history, later ones Pending. Other runs: every stage
+    the run reached, each judged at its milestone (stage_window)."""
     c = criteria or DEFAULT
     milestones = own_stage(history) is None
+    judged: dict[int, StageAssessment] = {}
     rows: list[MatrixRow] = []
     for st in STAGES:
         if st.number <= current_stage or milestones:
-            rows.extend(assess_stage(history, st.number, c, eval_results, run_dir).rows)
+            judged[st.number] = a = assess_stage(history, st.number, c, eval_results, run_dir)
+            rows.extend(a.rows)
         else:
             rows.extend(MatrixRow(st.number, m, P, f"stage {st.number} not reached (this is a stage {current_stage} run)",
                                   provisional=True) for m in STAGE_METRICS[st.number])
-    return rows
+    return judged, rows
+
+
+def full_matrix(history: RunHistory, current_stage: int, criteria: Criteria | None = None,
+                eval_results: dict | None = None, run_dir: str | Path | None = None) -> list[MatrixRow]:
+    """Every row of every stage (see assess_all)."""
+    return assess_all(history, current_stage, criteria, eval_results, run_dir)[1]
 
 
 def infer_stage(history: RunHistory, run_dir: str | Path | None = None) -> int:
