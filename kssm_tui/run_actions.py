@@ -56,8 +56,10 @@ class RunActions:
         self.monitor.selected = number
         prev = self.stages.get(number - 1)
         advised = prev.status.recommendation.argv if prev is not None and prev.status is not None else None
-        command, run_dir = ctl.stage_command(self.runs_root, number, advised), ctl.stage_dir(self.runs_root, number)
-        self._in_thread(lambda: self._spawn(command, run_dir, f"Stage {number} started"))
+        run_dir = ctl.stage_dir(self.runs_root, number)
+        # The command is built in the thread: it looks for the previous stage's best model on disk.
+        self._in_thread(lambda: self._spawn(ctl.stage_command(self.runs_root, number, advised), run_dir,
+                                            f"Stage {number} started"))
         self.dash.show_stages(self.stages, number, number)
 
     def _autopilot_drives(self) -> bool:

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import stat
 import sys
 from pathlib import Path
+
+from kssm_core.runbook import cmdline
 
 EXIT_USAGE = 2
 
@@ -29,7 +30,7 @@ def register(sub) -> None:
 
 
 def force_hint(run_dir: str | Path) -> str:
-    return shlex.join(["kssm", "unlock", "--force", str(run_dir)])
+    return cmdline.text(cmdline.unlock(run_dir, force=True))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kssm_core.config import STAGE_TARGETS, TrainConfig
-from kssm_core.runbook import playbook
+from kssm_core.runbook import cmdline, playbook
 from kssm_core.runbook.criteria import DEFAULT, Criteria
 from kssm_core.runbook.matrix import clamp_claim, floor_breach
 from kssm_core.runbook.verdicts import Alert, Severity
@@ -208,7 +208,7 @@ def disk_alert(need: CheckpointNeed, free: int | None, run_dir: str | Path | Non
     return Alert("disk_low", sev,
                  f"{free / 1e6:.0f} MB free, the remaining {need.remaining_saves} checkpoint save(s) need about "
                  f"{need.bytes_needed / 1e6:.0f} MB ({need.bytes_each / 1e6:.0f} MB each)",
-                 playbook.shlex.join(["kssm", "clean", where]), {"free_bytes": free, "needed_bytes": need.bytes_needed})
+                 cmdline.text(cmdline.clean(where)), {"free_bytes": free, "needed_bytes": need.bytes_needed})
 
 
 def memory_alert(available: int | None, total: int | None, c: Criteria = DEFAULT) -> Alert | None:

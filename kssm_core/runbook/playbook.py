@@ -8,7 +8,6 @@ resume keeps the run's own target. Pure functions; nothing here runs a command.
 from __future__ import annotations
 
 import math
-import shlex  # noqa: F401  (alerts.py still quotes through playbook.shlex; moves to cmdline after the matrix work lands)
 from pathlib import Path
 from typing import Any
 

@@ -17,6 +17,7 @@ from kssm_core.training import checkpoint as ckpt
 from kssm_core.config import STAGE_TARGETS, TrainConfig
 from kssm_core.training.distributed import Dist
 from kssm_core.training.rng import rng_state
+from kssm_core.runbook import cmdline
 from kssm_core.runfolder.foreign import is_ours
 
 DISK_MARGIN_BYTES = 16 * 1024 * 1024
@@ -94,7 +95,7 @@ class CheckpointSaver:
                 "disk_low",
                 f"skipped {name}: {free / 1e6:.0f} MB free, needs about {estimate / 1e6:.0f} MB "
                 f"+ {DISK_MARGIN_BYTES / 1e6:.0f} MB margin",
-                f"free space, e.g. `kssm clean {self.out}`",
+                f"free space, e.g. `{cmdline.text(cmdline.clean(self.out))}`",
             )
             return False
         return True
@@ -118,7 +119,7 @@ class CheckpointSaver:
             try:
                 nbytes = ckpt.atomic_save(self.state(step, best_val, rng_per_rank), self.out / name)
             except ckpt.DiskFull as exc:
-                self._warn("disk_full", str(exc), f"free space, e.g. `kssm clean {self.out}`")
+                self._warn("disk_full", str(exc), f"free space, e.g. `{cmdline.text(cmdline.clean(self.out))}`")
             else:
                 self._saved(name)
                 self.last_bytes = nbytes
@@ -149,7 +150,7 @@ class CheckpointSaver:
         try:
             nbytes = ckpt.atomic_save(state, self.out / ckpt.BEST_NAME)
         except ckpt.DiskFull as exc:
-            self._warn("disk_full", str(exc), f"free space, e.g. `kssm clean {self.out}`")
+            self._warn("disk_full", str(exc), f"free space, e.g. `{cmdline.text(cmdline.clean(self.out))}`")
             return
         self._saved(ckpt.BEST_NAME)
         self.events.emit("checkpoint", step=step, path=ckpt.BEST_NAME, bytes=nbytes, best=True, val_loss=val_loss)

@@ -44,6 +44,7 @@ from kssm_core.model.kssm import KSSM
 from kssm_core.training.precision import autocast, resolve_precision
 from kssm_core.training.rng import rng_for_rank, set_rng_state
 from kssm_core.training.saving import CheckpointSaver
+from kssm_core.runbook import cmdline
 from kssm_core.runfolder import layout
 
 EXIT_COMPLETED, EXIT_FAILED, EXIT_REFUSED, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -188,7 +189,7 @@ class Trainer:
             stale = lock.acquire() if main else None
         except LockHeld as exc:
             foreign = lock_state(read_lock(self.out))[0] == "foreign"  # nothing here can prove it stale
-            self._say(str(exc) + (f" (if that trainer is gone for good: kssm unlock --force {self.out})" if foreign else ""))
+            self._say(str(exc) + (f" (if that trainer is gone for good: {cmdline.text(cmdline.unlock(self.out, force=True))})" if foreign else ""))
             refused = True
         except OSError as exc:  # e.g. a read-only run folder: no temp file for the lock
             self._say(f"cannot create {self.out / LOCK_NAME}: {exc.strerror or exc}")
