@@ -239,3 +239,24 @@ def read_all(path: str | Path) -> tuple[list[dict], ReadStats]:
     reader = EventLogReader(path)
     records = reader.read_new()
     return records, reader.stats
+
+
+def newest_run_markers(path: str | Path) -> tuple[dict | None, dict | None]:
+    """(the newest run_start, the run_end after it or None), read without decoding the step lines: only the
+    lines that name one of them are parsed. For start-up checks that need no history (the trainer's)."""
+    start = end = None
+    try:
+        with open(path, "rb") as fh:
+            for line in fh:
+                if b'"run_start"' not in line and b'"run_end"' not in line:
+                    continue
+                event = parse_line(line.rstrip(b"\r\n"))
+                if event is None:
+                    continue
+                if event.get("event") == "run_start":
+                    start, end = event, None
+                elif event.get("event") == "run_end" and start is not None:
+                    end = event
+    except OSError:
+        return None, None
+    return start, end

@@ -9,11 +9,11 @@ training.lock stay: the cockpit opens trainer.out before the trainer starts, and
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
 
+from kssm_core.runfolder.runlog import newest_run_markers
 from kssm_core.training.checkpoint import BEST_NAME, CHECKPOINT_RE
 from kssm_core.runfolder import layout
 
@@ -26,18 +26,7 @@ class ArchiveError(Exception):
 
 
 def _has_run_start(events: Path) -> bool:
-    try:
-        with open(events, "rb") as fh:
-            for line in fh:
-                if b'"run_start"' in line:
-                    try:
-                        if json.loads(line).get("event") == "run_start":
-                            return True
-                    except (ValueError, AttributeError):
-                        continue
-    except OSError:
-        return False
-    return False
+    return newest_run_markers(events)[0] is not None
 
 
 def previous_run_files(run_dir: str | Path) -> list[Path]:

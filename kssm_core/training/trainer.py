@@ -502,16 +502,16 @@ class Trainer:
         """One line when the newest run_start's own process is still alive and holds no lock, else None."""
         from kssm_core.runbook.judge import process_state
         from kssm_core.runbook.probe import probe
-        from kssm_core.runfolder.follower import RunFollower
+        from kssm_core.runfolder.history import RunHistory
+        from kssm_core.runfolder.runlog import newest_run_markers
 
-        if not (self.out / layout.EVENTS).is_file():
+        start, end = newest_run_markers(self.out / layout.EVENTS)  # no fold of the whole log at start-up
+        if start is None:
             return None
-        try:
-            history = RunFollower(self.out).refresh()
-            facts = probe(self.out, history)
-        except OSError:
-            return None
-        if facts.lock == "live" or history.run_start is None or process_state(history, facts) != "alive":
+        history = RunHistory()
+        history.extend([start] + ([end] if end is not None else []))
+        facts = probe(self.out, history)
+        if facts.lock == "live" or process_state(history, facts) != "alive":
             return None  # a live lock is refused by the lock itself, with its own message
         pid = facts.run_pid or facts.pid
         return (f"{self.out}: the run's trainer (PID {pid}) is still alive although its lock is gone; "
@@ -704,21 +704,10 @@ def recorded_config(run_dir: Path) -> dict | None:
             return body["train"]
     except (OSError, ValueError):
         pass
-    found = None
-    try:
-        with open(run_dir / layout.EVENTS, "rb") as fh:
-            for line in fh:
-                if b'"run_start"' not in line:
-                    continue
-                try:
-                    event = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(event, dict) and event.get("event") == "run_start" and isinstance(event.get("config"), dict):
-                    found = event["config"]
-    except OSError:
-        return None
-    return found
+    from kssm_core.runfolder.runlog import newest_run_markers
+
+    start, _ = newest_run_markers(run_dir / layout.EVENTS)
+    return start["config"] if start is not None and isinstance(start.get("config"), dict) else None
 
 
 def train(cfg: TrainConfig, echo: TextIO | None = sys.stdout, overrides: dict | None = None, dist: Dist | None = None,
