@@ -93,10 +93,11 @@ def load_run(run_dir: str | Path, name: str | None = None) -> RunData:
         reader = EventLogReader(events)
         try:
             while True:  # in slices: memory stays bounded by the history, not the file
+                before = reader.offset
                 records = reader.read_new(max_bytes=READ_SLICE_BYTES)  # dicts only: the t column needs them
-                if not records and reader.offset >= events.stat().st_size:
-                    break
                 fold(records, h, starts)
+                if reader.offset == before:  # all read (a half-written last line is held back, not waited for)
+                    break
         except OSError as exc:
             raise RunDataError(f"{events}: cannot read: {exc.strerror or exc}") from None
         return RunData(run_dir, name, "events", h, starts, reader.stats.bad_lines)

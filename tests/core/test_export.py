@@ -301,3 +301,22 @@ def test_trainer_writes_tensorboard_live_and_a_resume_purges_the_orphans(tmp_pat
     assert texts == [(3, samples[0]["prompt"] + samples[0]["text"]), (6, samples[-1]["prompt"] + samples[-1]["text"])]
     losses = [(x.step, float(tensor_util.make_ndarray(x.tensor_proto))) for x in server.Tensors("train/loss")]
     assert losses == [(s, float(np.float32(v))) for s, v in zip(run.steps.steps, run.steps.cols["loss"])]
+
+
+def test_a_half_written_last_line_does_not_hang_the_reader(tmp_path):
+    """A live trainer may be mid-line: load_run folds what is complete and returns (it used to spin)."""
+    import json
+    import threading
+
+    from kssm_core.reports.rundata import load_run
+
+    d = tmp_path / "run"
+    d.mkdir()
+    lines = [{"event": "run_start", "t": 1.0, "stage": 1, "max_steps": 10, "start_step": 0},
+             {"event": "step", "t": 2.0, "step": 1, "loss": 5.0}]
+    (d / "events.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"event": "step", "t": 3')
+    out = []
+    t = threading.Thread(target=lambda: out.append(load_run(d)), daemon=True)
+    t.start()
+    t.join(timeout=10)
+    assert out and out[0].history.last_step == 1
