@@ -40,8 +40,10 @@ class RunFacts:
     run_process: ProcessFacts | None = None  # of run_pid: the run's own trainer may live on with a stale lock
 
 
-def newest_checkpoint(run_dir: Path) -> dict | None:
-    found = layout.newest_checkpoint_file(run_dir)
+def newest_checkpoint(run_dir: Path, found: tuple[int, str, int] | None | bool = False) -> dict | None:
+    """{"path", "step", "bytes", "intact"} of the newest checkpoint; `found`: its layout listing, if already made."""
+    if found is False:
+        found = layout.newest_checkpoint_file(run_dir)
     if found is None:
         return None
     step, name, size = found
@@ -147,7 +149,7 @@ class FactsCache:
         key = (newest, _sig(run_dir / newest[1]) if newest else None)
         hit = self._ckpt.get(run_dir)
         if hit is None or hit[0] != key:
-            hit = self._ckpt[run_dir] = (key, newest_checkpoint(run_dir))
+            hit = self._ckpt[run_dir] = (key, newest_checkpoint(run_dir, newest))
         ckpt = hit[1]
         ekey = _dir_sig(run_dir / layout.EVAL_DIR)
         ehit = self._evals.get(run_dir)
