@@ -21,7 +21,6 @@ from kssm_core.runbook.stages import STAGES, stage as stage_of
 from kssm_core.runbook import cmdline
 from kssm_core.runbook.spawn import spawn_detached
 from kssm_core.runfolder import layout
-from kssm_core.runfolder.foreign import foreign_run
 from kssm_core.runfolder.lock import lock_state, read_lock
 
 TRAINER_OUT = layout.TRAINER_OUT
@@ -112,10 +111,6 @@ def tail_text(path: Path, max_lines: int = 8, max_bytes: int = 8192) -> str:
     return "\n".join(lines[-max_lines:])
 
 
-class ForeignFolder(OSError):
-    """The folder holds a run another program wrote: nothing is started there (not even trainer.out is created)."""
-
-
 class EvalBusy(Exception):
     """An evaluation this cockpit started in that folder is still running."""
 
@@ -147,14 +142,8 @@ class TrainerController:
 
     def launch(self, command: list[str], run_dir: Path, out_name: str) -> subprocess.Popen:
         """Start any detached process (trainer, evaluation) with its output appended to RUN_DIR/out_name.
-
-        Refuses a folder another program wrote (ForeignFolder): its output file would be a file we put there.
-        Judged by its files alone (no checkpoint is loaded here): `kssm train` makes the finer call itself."""
-        run_dir = Path(run_dir)
-        found = foreign_run(run_dir, check_formats=False)
-        if found is not None:
-            raise ForeignFolder(f"not started: {run_dir} holds {found.what()}; kssm never writes into it")
-        proc = spawn_detached(command, run_dir / out_name, cwd=self.cwd)
+        spawn_detached refuses a folder another program wrote (ForeignFolder, an OSError)."""
+        proc = spawn_detached(command, Path(run_dir) / out_name, cwd=self.cwd)
         self._others.append(proc)
         return proc
 

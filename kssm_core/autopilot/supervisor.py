@@ -326,7 +326,11 @@ class Supervisor:
             rec.pending = None
             return None
         argv = list(p["argv"])
-        self.child = spawn_detached(cmdline.spawnable(argv), run_dir / layout.TRAINER_OUT)
+        try:
+            self.child = spawn_detached(cmdline.spawnable(argv), run_dir / layout.TRAINER_OUT)
+        except OSError as exc:  # another program's folder (ForeignFolder), a read-only disk: a person decides
+            rec.pending = None
+            return self._hold(rec, "unknown", f"cannot start the trainer in {run_dir}: {exc.strerror or exc}")
         attempt = Attempt(len(rec.attempts) + 1, p["kind"], p["reason"], argv, pid=self.child.pid,
                           pid_start_time=start_time_of(self.child.pid), learning_rate=rec.overrides.get("learning_rate"))
         rec.attempts.append(attempt)

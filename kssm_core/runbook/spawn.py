@@ -16,6 +16,10 @@ from pathlib import Path
 from typing import Mapping
 
 
+class ForeignFolder(OSError):
+    """The folder holds a run another program wrote: nothing is started there (not even its output file)."""
+
+
 def spawn_detached(command: list[str], out_path: str | Path, *, cwd: str | Path | None = None,
                    env: Mapping[str, str] | None = None) -> subprocess.Popen:
     """Popen `command` in its own session with its output appended to `out_path` (its folder is created).
@@ -23,6 +27,11 @@ def spawn_detached(command: list[str], out_path: str | Path, *, cwd: str | Path 
     The output file is never reached through a symlink (O_NOFOLLOW) and must be a regular file: a planted
     `trainer.out -> ~/.bashrc` would otherwise be appended to outside the run folder."""
     out_path = Path(out_path)
+    from kssm_core.runfolder.foreign import foreign_run  # judged by files alone: no checkpoint is loaded
+
+    found = foreign_run(out_path.parent, check_formats=False)
+    if found is not None:  # the output file would be a file we put into another program's folder
+        raise ForeignFolder(f"not started: {out_path.parent} holds {found.what()}; kssm never writes into it")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     # O_NONBLOCK: a FIFO planted under that name must not hang us waiting for a reader (it fails or is refused)
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
