@@ -509,8 +509,10 @@ class Supervisor:
         rec = self.state.stage(stage) if stage else None
         event = {"stage": stage, "stage_name": rec.name if rec else None, "decision": kind, "reason": reason,
                  **({"attempt": len(rec.attempts)} if rec and "attempt" not in extra else {}), **extra}
-        line = self.store.decide(event)
+        # the state first (it holds the decided launch, rec.pending): an autopilot killed just after the line
+        # appears must find the decision in state.json, or it would decide again (a second resume, counted twice)
         self.store.save(self.state)
+        line = self.store.decide(event)
         where = f"stage {stage}" if stage else "autopilot"
         self.echo(f"[{time.strftime('%H:%M:%S')}] {where}: {kind}: {reason}")
         try:

@@ -457,3 +457,33 @@ def test_a_stage_without_disk_room_for_its_checkpoints_holds(tmp_path, monkeypat
     assert why.startswith("disk: 0 MB free") and "kssm clean" in why
     monkeypatch.setattr(sup_mod.shutil, "disk_usage", lambda _p: usage(10**9, 0, 7000))
     assert sup._disk_problem(tmp_path / "runs" / "stage2", sup.state.stage(2)) is None
+
+
+def test_a_decided_resume_is_in_state_json_before_its_decision_line_appears(tmp_path):
+    """An autopilot killed right after writing a decision must find it in state.json when started again, or it
+    decides afresh: a second resume, one crash counted twice (seen in CI)."""
+    from kssm_core.autopilot import supervisor as sup_mod
+
+    root = tmp_path / "runs"
+    plan = plan_from_dict({"stage": [{"steps": 500, "gate": 2, "output_dir": "stage1"}], "backoff_s": [300]})
+    write_run(root / "stage1", healthy2())  # no run_end, PID gone: crashed
+    sup = sup_mod.Supervisor(root, plan, echo=lambda _l: None, notify=lambda _e: None)
+    on_disk_when_written = {}
+    real_decide = sup.store.decide
+
+    def decide(record):
+        if record["decision"] == "resume":
+            on_disk_when_written.update(json.loads(sup.store.state_path.read_text()))
+            sup.stopping = "SIGKILL"  # the autopilot dies here, in the backoff
+        return real_decide(record)
+
+    sup.store.decide = decide
+    assert sup.run(install_signals=False) == sup_mod.EXIT_HELD
+    pending = on_disk_when_written["stages"][0]["pending"]
+    assert pending["kind"] == "resume" and "--resume" in pending["argv"]
+    assert on_disk_when_written["stages"][0]["crashes"] == 1
+    # started again: the same decision, carried out, not a second one
+    again = sup_mod.Supervisor(root, plan, echo=lambda _l: None, notify=lambda _e: None)
+    state, _notes = again._load_or_new()
+    assert state.stage(1).pending["kind"] == "resume" and state.stage(1).crashes == 1
+    assert [d["decision"] for d in read_decisions(root)].count("resume") == 1
