@@ -195,6 +195,8 @@ def classify(sit: Situation) -> Decision:
         why = end.get("reason") or sit.output_tail or "see trainer.out"
         return Decision("hold", f"the trainer refused to start (exit 2): {why}", what="refused")
     if st.state == "not_started":
+        if sit.stop_sent:  # we stopped it: alive but silent in its start-up (Supervisor._silent_start)
+            return _error(sit, "stalled before its run_start", "stopped: the trainer never started logging")
         if sit.entry or sit.exit_code is None:
             return Decision("start", "no run in the folder yet")
         why = f"the trainer exited (code {sit.exit_code}) before it logged anything"

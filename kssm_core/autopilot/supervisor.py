@@ -364,7 +364,8 @@ class Supervisor:
                 rec.crashes, rec.crash_step = 0, None
             # a stall counts only for this trainer's own run_start (not the old run's while a new one starts)
             own = (history.run_start or {}).get("pid") == pid
-            d = classify(Situation(status, stage, self.plan.budgets)) if own else None
+            # before it: a trainer of ours that has written nothing at all for stall_s hung in its start-up
+            d = classify(Situation(status, stage, self.plan.budgets)) if own else self._silent_start(rec, pid, history)
             if d is not None and d.kind == "stop":
                 self._stop_stalled(rec, pid, start_time, d.reason)
                 return
@@ -373,6 +374,26 @@ class Supervisor:
                 self.state.next = self._next_line(rec, att, status)
             self.store.save(self.state)
             self._sleep(self.plan.budgets.poll_s)
+
+    def _silent_start(self, rec: StageRecord, pid: int, history: RunHistory,
+                      now: float | None = None) -> Decision | None:
+        """A trainer an autopilot launched (its attempt's PID, with the command it ran) that has logged no run_start
+        of its own and written nothing at all for stall_s since it was started: hung in its start-up (a
+        rendezvous, a device, a file system). A stop decision, or None. Anything it writes (its schema line, a
+        warning, the heartbeats of a long token-cache build) restarts the clock, as a heartbeat does for a run."""
+        att = rec.attempt
+        if att is None or att.pid != pid or not att.argv or att.ended_at is not None:
+            return None  # a person's trainer (attached), or not the attempt we are watching: never ours to stop
+        b = self.plan.budgets
+        now = time.time() if now is None else now
+        last = max(att.started_at, history.last_event_t or 0.0)  # events before the start are an older run's
+        if now - last <= b.stall_s:
+            return None
+        quiet = f"nothing written for {now - last:.0f}s" if last > att.started_at else "nothing written at all"
+        return Decision("stop", f"trainer PID {pid} (attempt {att.n}) never started logging: no run_start of its "
+                                f"own {now - att.started_at:.0f}s after it was started, {quiet} (stall_s "
+                                f"{b.stall_s:g}); SIGTERM, then SIGKILL after {b.stall_grace_s:g}s, then as after "
+                                f"a crash")
 
     def _stop_stalled(self, rec: StageRecord, pid: int, start_time: float | None, why: str) -> None:
         rec.stop_sent = {"pid": pid, "t": time.time(), "why": why, "killed": False}

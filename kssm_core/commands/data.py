@@ -26,13 +26,16 @@ def register(sub) -> None:
 
 def check(args: argparse.Namespace) -> int:
     from kssm_core.training.corpus import CorpusError, load_corpus
-    from kssm_core.training.data import prepare_tokens
+    from kssm_core.training.data import ForeignDataDir, prepare_tokens
     from kssm_core.training.tokenizer_choice import resolve_tokenizer
 
     try:
         given = resolve_tokenizer(args.tokenizer) if args.tokenizer else None
         corpus = load_corpus(args.corpus)
         data = prepare_tokens(corpus, args.data_dir, args.vocab_size or PRESETS[args.preset].vocab_size, tokenizer=given)
+    except ForeignDataDir as exc:  # another trainer's run folder: refused, nothing written (exit 2, as kssm train)
+        print(f"kssm data check: {exc}", file=sys.stderr)
+        return 2
     except CorpusError as exc:
         print(f"kssm data check: {exc}", file=sys.stderr)
         return 1

@@ -32,6 +32,27 @@ CACHE_VERSION = 2  # bump when the cache layout or the split changes
 SPEC_NAME = "tokenizer.spec"  # a cache built with --tokenizer chars / tiktoken:NAME names it here
 
 
+class ForeignDataDir(Exception):
+    """The cache would be built inside a run folder another program wrote: kssm writes nothing there.
+    The message is one line: what was found and what to do (a --data-dir outside it)."""
+
+
+def foreign_data_dir(data_dir: str | Path) -> str | None:
+    """Why no token cache may be built under data_dir (one line), or None. Judged by files alone, like every
+    output folder of ours: data_dir, or a folder above it, holding another trainer's run."""
+    from kssm_core.runfolder.foreign import enclosing_foreign_run
+
+    found = enclosing_foreign_run(data_dir)
+    if found is None:
+        return None
+    if Path(data_dir).absolute() == found.run_dir.absolute():
+        where = f"holds {found.what()}"
+    else:
+        where = f"is inside {found.run_dir}, which holds {found.what()}"
+    return (f"--data-dir {data_dir} {where}: kssm writes nothing there (no token cache); "
+            f"pass a --data-dir outside it (default: data/cache)")
+
+
 class Tokenizer:
     """Thin wrapper over a `tokenizers` byte-level BPE; built from the corpus, loaded from a file."""
 
@@ -132,6 +153,9 @@ def prepare_tokens(corpus: Corpus, data_dir: str | Path, vocab_size: int, log=pr
         return load_tokens(folder)
     except (OSError, ValueError, KeyError, CorpusError):
         pass
+    refusal = foreign_data_dir(data_dir)  # an existing cache is only read; a new one is never built there
+    if refusal is not None:
+        raise ForeignDataDir(refusal)
     folder.mkdir(parents=True, exist_ok=True)
     size = vocab_size if tokenizer is None else tokenizer.vocab_size
     log(f"building token cache in {folder} ({corpus.n_chars:,} characters, vocabulary {size})")

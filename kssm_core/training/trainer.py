@@ -31,7 +31,7 @@ from kssm_core.training.archive import ArchiveError, archive_files, archive_prev
 from kssm_core.runfolder.atomic import atomic_write_bytes
 from kssm_core.config import STAGE_TARGETS, ModelConfig, TrainConfig, model_config_for
 from kssm_core.training.corpus import CorpusError, load_corpus
-from kssm_core.training.data import BatchSampler, Tokenizer, prepare_tokens, val_batches
+from kssm_core.training.data import BatchSampler, ForeignDataDir, Tokenizer, prepare_tokens, val_batches
 from kssm_core.training.distributed import SINGLE, Dist, NullEventWriter, NullTextLog, ShardSampler, split_batch
 from kssm_core.runfolder.events import STEP_HEADER, EventWriter, TextLog, format_step_line
 from kssm_core.runfolder.foreign import foreign_run
@@ -542,7 +542,10 @@ class Trainer:
         except TokenizerError as exc:  # e.g. tiktoken:NAME without its encoding file here: never downloaded
             raise _Refusal(str(exc)) from exc
         corpus = load_corpus(cfg.corpus)
-        data = prepare_tokens(corpus, cfg.data_dir, cfg.vocab_size, log=self._say, tokenizer=given)
+        try:
+            data = prepare_tokens(corpus, cfg.data_dir, cfg.vocab_size, log=self._say, tokenizer=given)
+        except ForeignDataDir as exc:  # inside another trainer's run folder: one line, exit 2, nothing written there
+            raise _Refusal(str(exc)) from exc
         if state is not None and state.get("tokenizer_sha256") not in (None, data.tokenizer.sha256()):
             raise CorpusError(
                 "the corpus's tokenizer differs from the checkpoint's; pass the same --corpus, --data-dir and "

@@ -487,3 +487,93 @@ def test_a_decided_resume_is_in_state_json_before_its_decision_line_appears(tmp_
     state, _notes = again._load_or_new()
     assert state.stage(1).pending["kind"] == "resume" and state.stage(1).crashes == 1
     assert [d["decision"] for d in read_decisions(root)].count("resume") == 1
+
+
+# ---- a trainer that hangs before its first run_start (issue 14) -------------------------------------------------
+HUNG = "import time; time.sleep(60)"
+HUNG_DEAF = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"  # needs SIGKILL
+
+
+def test_a_trainer_silent_before_its_run_start_is_stopped_then_handled_as_a_crash(tmp_path, monkeypatch):
+    """Alive, launched by the autopilot, no run_start of its own and nothing written for stall_s: a stall.
+    SIGTERM, SIGKILL after the grace, then the crash path (a retry, then a crash loop hold); no child survives."""
+    import sys
+    import time
+
+    import psutil
+
+    from kssm_core.autopilot import supervisor as sup_mod
+
+    root = tmp_path / "runs"
+    plan = plan_from_dict({"stage": [{"steps": 10, "gate": 1, "output_dir": "stage1"}], "stall_s": 0.5,
+                           "stall_grace_s": 0.3, "poll_s": 0.1, "backoff_s": [0]})
+    scripts = [HUNG_DEAF, HUNG]  # the first ignores SIGTERM (the kill path), the retry does not
+    started: list[psutil.Process] = []
+    real_spawn = sup_mod.spawn_detached
+
+    def spawn(_argv, out_path, **kw):  # the real detached launch, of a stand-in that hangs at once
+        p = real_spawn([sys.executable, "-c", scripts[len(started)]], out_path, **kw)
+        started.append(psutil.Process(p.pid))
+        return p
+
+    monkeypatch.setattr(sup_mod, "spawn_detached", spawn)
+    lines: list[str] = []
+    sup = sup_mod.Supervisor(root, plan, echo=lines.append, notify=lambda _e: None)
+    t0 = time.monotonic()
+    try:
+        assert sup.run(install_signals=False) == sup_mod.EXIT_HELD
+    finally:
+        for p in started:  # never leave a child behind, even when the test fails
+            if p.is_running():
+                p.kill()
+    assert time.monotonic() - t0 < 20
+    assert len(started) == 2 and not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in started)
+    decisions = [d for d in read_decisions(root) if d.get("stage") == 1]
+    kinds = [d["decision"] for d in decisions]
+    assert kinds == ["start", "stop", "kill", "retry", "stop", "hold"], kinds
+    stops = [d for d in decisions if d["decision"] == "stop"]
+    assert [d["pid"] for d in stops] == [p.pid for p in started]
+    assert all("never started logging" in d["reason"] and "no run_start" in d["reason"] for d in stops)
+    retry = decisions[3]
+    assert "never started logging" in retry["reason"] and "retry 1/3" in retry["reason"]
+    held = decisions[-1]
+    assert held["what"] == "crash_loop" and "before the first step" in held["reason"]
+    state = Store(root).load()
+    rec = state.stage(1)
+    assert rec.crashes == 1 and rec.stop_sent["killed"] is False and state.status == "held"
+    assert [a.pid for a in rec.attempts] == [p.pid for p in started]
+
+
+def test_only_an_autopilot_launched_trainer_silent_for_stall_s_is_stopped(tmp_path):
+    """_silent_start: a person's trainer (attached) is never stopped; anything the trainer writes (its schema
+    line, the heartbeats of a long token-cache build) restarts the clock; an older run's events do not."""
+    from kssm_core.autopilot import supervisor as sup_mod
+    from kssm_core.runfolder.history import RunHistory
+
+    plan = plan_from_dict({"stage": [{"steps": 10}], "stall_s": 60})
+    sup = sup_mod.Supervisor(tmp_path / "runs", plan, echo=lambda _l: None, notify=lambda _e: None)
+    rec = StageRecord(1, "s", "stage1", 10, 1)
+    rec.attempts.append(Attempt(1, "start", "no run", ["kssm", "train"], started_at=1000.0, pid=4242))
+    old = RunHistory()
+    old.extend([{"event": "run_start", "t": 900.0, "pid": 17}, {"event": "heartbeat", "t": 950.0}])
+    assert sup._silent_start(rec, 4242, old, now=1059.0) is None  # within stall_s of its start
+    d = sup._silent_start(rec, 4242, old, now=1061.0)  # the old run's events count for nothing
+    assert d.kind == "stop" and "PID 4242 (attempt 1) never started logging" in d.reason
+    assert "61s after it was started, nothing written at all" in d.reason
+    busy = RunHistory()
+    busy.extend([{"event": "schema", "t": 1001.0}, {"event": "heartbeat", "t": 1050.0, "phase": "data"}])
+    assert sup._silent_start(rec, 4242, busy, now=1100.0) is None  # heartbeating while it builds the cache
+    d = sup._silent_start(rec, 4242, busy, now=1111.0)  # then silent for more than stall_s
+    assert d.kind == "stop" and "nothing written for 61s" in d.reason
+    assert sup._silent_start(rec, 4243, old, now=2000.0) is None  # not the attempt's PID
+    rec.attempts.append(Attempt(2, "attach", "a live trainer found in the folder", None, started_at=1000.0, pid=4242))
+    assert sup._silent_start(rec, 4242, old, now=2000.0) is None  # a person's trainer: never ours to stop
+
+
+def test_a_stop_before_any_run_start_is_a_crash_of_its_own_kind(tmp_path):
+    first = classify(sit(tmp_path, [], exit_code=-15, stop_sent=True))
+    assert first.kind == "retry" and first.budget == "crash" and "never started logging" in first.reason
+    again = classify(sit(tmp_path, [], exit_code=-9, stop_sent=True, crashes=1, last_error=first.error))
+    assert again.kind == "hold" and again.what == "crash_loop"
+    # re-attached after a restart (no exit code of ours): still the crash path, not a free fresh start
+    assert classify(sit(tmp_path, [], stop_sent=True)).kind == "retry"

@@ -429,3 +429,46 @@ def test_no_output_folder_may_sit_inside_a_reference_run(refs, tmp_path, capsys)
         err = capsys.readouterr().err
         assert "writes nothing" in err and "\n" not in err.strip(), err
     assert {n: snapshot(d) for n, d in refs.items()} == before
+
+
+@pytest.mark.parametrize("name", ["finished", "crashed"])
+@pytest.mark.parametrize("inside", ["", "sub", "sub/deeper"])
+def test_no_token_cache_is_built_in_a_reference_run(refs, name, inside, tmp_path, capsys):
+    """Issue 13: `kssm data check --data-dir` and `kssm train --data-dir` at or under another trainer's run folder
+    refuse in one line (exit 2) and leave its bytes, and the folders beside it, as they were."""
+    d = refs[name]
+    data_dir = d / inside if inside else d
+    before = snapshot(d)
+    neighbours = sorted(p.name for p in d.parent.iterdir())
+    out = tmp_path / "ours" / "run"  # our own run folder: only --data-dir points into the reference run
+    for argv in (["data", "check", "--tokenizer", "chars", "--data-dir", str(data_dir), "--sample-tokens", "20"],
+                 ["data", "check", "--data-dir", str(data_dir)],  # the default: a BPE trained on the corpus
+                 ["train", "--output-dir", str(out), "--data-dir", str(data_dir), *TINY_ARGS, "--max-steps", "2"],
+                 ["train", "--output-dir", str(out), "--data-dir", str(data_dir), "--tokenizer", "chars",
+                  "--init-from", str(d / WEIGHTS[name]), *SMALL, "--max-steps", "2"]):
+        rc = main(argv)
+        line = one_line(capsys.readouterr().err)
+        assert rc == 2, (argv, line)
+        prog = "kssm data check" if argv[0] == "data" else "kssm train"
+        where = "holds a run" if not inside else f"is inside {d}, which holds a run"
+        assert line.startswith(f"{prog}: --data-dir {data_dir} {where} written by another trainer ("), line
+        assert "kssm writes nothing there" in line and "pass a --data-dir outside it" in line, line
+        assert snapshot(d) == before, argv
+        assert sorted(p.name for p in d.parent.iterdir()) == neighbours, argv
+    # our own run folder says why in its run_end, like any refusal
+    ends = [e for e in read_events(out) if e["event"] == "run_end"]
+    assert ends and all(e["status"] == "failed" and "--data-dir" in e["reason"] for e in ends)
+
+
+def test_a_cache_beside_a_reference_run_is_built_and_one_inside_it_only_read(refs, tmp_path, capsys):
+    """The guard is where a cache would be built: a --data-dir beside a reference run still works, and a cache
+    that is already inside one (copied there by hand) is read, not rebuilt nor touched."""
+    beside = refs["finished"].parent / "cache"
+    argv = ["data", "check", "--tokenizer", "chars", "--sample-tokens", "20", "--data-dir"]
+    assert main([*argv, str(beside)]) == 0, capsys.readouterr().err
+    d = refs["crashed"]
+    shutil.copytree(beside, d / "cache")
+    before = snapshot(d)
+    assert main([*argv, str(d / "cache")]) == 0, capsys.readouterr().err
+    assert str(d / "cache") in capsys.readouterr().out
+    assert snapshot(d) == before
