@@ -315,6 +315,8 @@ class KssmApp(RunActions, AutopilotActions, App):
 
     def action_toggle_smooth(self) -> None:
         self.smoothing = not self.smoothing
+        self.monitor.smoothing = self.smoothing  # the shown run's view comes again with its EMA over every point
+        self.monitor.force.set()
         self._sync_board()
         self._redraw_charts()
 
@@ -387,6 +389,24 @@ class KssmApp(RunActions, AutopilotActions, App):
         if isinstance(self.screen, RunsScreen):
             self.screen.refresh_rows()
         self._redraw_charts()
+
+    def open_run(self, folder: Path, name: str | None = None) -> None:
+        """Show a listed run on the dashboard (the runs view's Enter): a stage folder of RUNS_ROOT as that stage
+        (as 1-5 do), any other folder as if it had been given to --attach (`0` comes back to it after 1-5).
+        Only the tail worker's reading follows: nothing is written into the folder."""
+        key = run_key(folder)
+        stage = next((n for n, d in self.monitor.folders.items() if run_key(d) == key), None)
+        if stage is not None:
+            self.action_select(stage)
+        else:
+            self.attach = Path(folder)  # the title says "attached", and `n` will not start a stage here unasked
+            self.monitor.show_folder(self.attach)
+            self.dash.show_stages(self.stages, self._current_stage(), self.selected)
+            self._set_title()
+        note, n = f"showing {name or folder}", len(self.marked)
+        if n:
+            note += f"; the charts still overlay the {n} marked run{'s' if n != 1 else ''}"
+        self.say(note, timeout=4)
 
     def action_next_chart(self) -> None:
         tabs = self.dash.query_one("#charts")

@@ -27,21 +27,22 @@ KEYS: tuple[Key, ...] = (
     Key("a", "autopilot", "Autopilot", "start the autopilot (shows the plan and budgets first), or stop it", mutates=True,
         show=False),
     Key("l", "toggle_log", "Log", "log-scale toggle for val PPL and grad norm"),
-    Key("m", "toggle_smooth", "Smooth", "smoothing toggle for the charts (overlaid runs: TensorBoard's EMA, raw faint)"),
+    Key("m", "toggle_smooth", "Smooth", "smoothing toggle for the charts (TensorBoard's debiased EMA, raw faint)"),
     Key("g", "next_chart", "Chart", "show the next chart (loss, val PPL, R, u_val, grad norm)", show=False),
-    Key("v", "runs_view", "Runs", "the runs view: every run folder; space marks runs to overlay on the charts",
-        show=False),
+    Key("v", "runs_view", "Runs", "the runs view: every run folder; space marks runs to overlay on the charts, "
+        "enter opens one", show=False),
     Key("x", "toggle_x_axis", "X axis", "x axis: step, or active wall time (resume and pause gaps left out)",
         show=False),
     Key("1-5", "select", "Stage", "show stage 1..5", show=False),
-    Key("0", "show_attached", "Attached", "show the --attach folder again (after 1-5)", show=False),
+    Key("0", "show_attached", "Attached",
+        "show the --attach folder (or the run opened in the runs view) again (after 1-5)", show=False),
     Key("?", "help", "Help", "this screen"),
     Key("q", "quit", "Quit", "quit; a running trainer keeps running"),
 )
 # The runs view's own keys (kssm_tui.screens.runs); `?` lists them under their own heading.
 RUNS_VIEW_KEYS: tuple[Key, ...] = (
     Key("space", "mark", "Mark", "mark / unmark the run under the cursor for overlay (at most 8)"),
-    Key("enter", "mark", "Mark", "the same as space"),
+    Key("enter", "open", "Open", "open the run under the cursor on the dashboard, as --attach does (only reads it)"),
     Key("up/down", "cursor", "Move", "move between runs", show=False),
     Key("escape", "close", "Back", "back to the dashboard (the marked runs stay overlaid)"),
 )

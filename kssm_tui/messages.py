@@ -42,6 +42,9 @@ class ChartSpec:
     bands: list[tuple[float, float, str]] = field(default_factory=list)
     y_label: str = ""
     log_ok: bool = False  # the log-scale toggle applies to this chart
+    # With smoothing on: per series, its debiased EMA over every logged point, thinned, as (x, values) (the
+    # overlay's smoothing: kssm_core.reports.overlay.GrowingEma); None when the view was built without smoothing.
+    smoothed: list[tuple[list[float], list[float]]] | None = None
 
 
 @dataclass

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kssm_core.reports.overlay import (DEFAULT_SMOOTHING, Reference, active_time, bucket_mean, debiased_ema_state,
-                                       map_times, minmax_downsample, run_names)
+from kssm_core.reports.overlay import (DEFAULT_SMOOTHING, GrowingEma, Reference, active_time, bucket_mean, map_times,
+                                       minmax_downsample, run_names)
 from kssm_core.runfolder import layout, legacy
 from kssm_core.runfolder.history import EVAL_FIELDS, STEP_FIELDS, NAN, RunHistory, Series, StepBatch, as_number
 from kssm_core.runfolder.runlog import EventLogReader
@@ -158,7 +158,7 @@ class OverlayBuilder:
         self.ema_weight = ema_weight
         self.points = points
         self.runs: dict[Path, OverlayRun] = {}
-        self._ema: dict[tuple[Path, str], tuple] = {}  # (folder, metric) -> (n, last step, last value, state, out)
+        self._ema = GrowingEma(ema_weight)  # keyed by (folder, metric)
         self._built: tuple | None = None  # (key, versions) of the last build
         self._axes_cache: dict[Path, tuple] = {}  # folder -> ((version, time axis), axes)
         self._pieces_cache: dict[Path, tuple] = {}  # folder -> ((version, axis, smoothing, scale), pieces)
@@ -169,8 +169,7 @@ class OverlayBuilder:
         want = {Path(f) for f in folders}
         for gone in [d for d in self.runs if d not in want]:
             del self.runs[gone]
-            for k in [k for k in self._ema if k[0] == gone]:
-                del self._ema[k]
+            self._ema.keep_only(lambda k, gone=gone: k[0] != gone)
             self._axes_cache.pop(gone, None)
             self._pieces_cache.pop(gone, None)
         changed = False
@@ -275,20 +274,7 @@ class OverlayBuilder:
     def _smooth(self, run_dir: Path, metric: str, steps: np.ndarray, y: np.ndarray) -> np.ndarray:
         """The debiased EMA of a run's metric over every finite point; continued from the kept state when the
         series only grew since the last build (the same steps and values up to where it was)."""
-        w = self.ema_weight
-        kept = self._ema.get((run_dir, metric))
-        if kept is not None:
-            n, last_step, last_y, state, out = kept
-            if 0 < n <= len(y) and steps[n - 1] == last_step and y[n - 1] == last_y:
-                if n == len(y):
-                    return out
-                tail, state = debiased_ema_state(y[n:], w, state)
-                out = np.concatenate([out, tail])
-                self._ema[(run_dir, metric)] = (len(y), steps[-1], y[-1], state, out)
-                return out
-        out, state = debiased_ema_state(y, w)
-        self._ema[(run_dir, metric)] = (len(y), steps[-1], y[-1], state, out) if len(y) else None
-        return out
+        return self._ema.smooth((run_dir, metric), steps, y)
 
 
 def reference_series(ref: Reference | None, points: int = OVERLAY_POINTS) -> dict[str, list]:

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from kssm_core.reports.overlay import GrowingEma
 from kssm_core.runbook.stages import STAGES
 from kssm_core.runbook.probe import FactsCache, evals_key
 from kssm_core.runbook.runstatus import RunStatus
@@ -65,6 +66,8 @@ class Monitor:
         self.force = threading.Event()  # set by the App to rebuild the view now (e.g. after a spawn)
         self.busy = False  # the shown run's log is still being caught up
         self.readonly = False  # set by the App: next-step lines then name no keys
+        self.smoothing = False  # set by the App (`m`): views carry each series' EMA over every point
+        self._ema = GrowingEma()  # the shown run's smoothed series, kept so a live run smooths only what it adds
         self._states: dict[int, str] = {}  # stage number -> StagePlan label, from the last _stages()
         # Set by the App once a posted view is on screen: during a catch-up the reader waits for it, so its
         # pure-Python folding (which holds the GIL) does not starve the first paint.
@@ -116,6 +119,12 @@ class Monitor:
         cached = self._judged.get(folder)
         return cached[3] if cached is not None else 0
 
+    def show_folder(self, folder: Path) -> None:
+        """Show `folder` as the attached one from the next tick (the runs view's Enter): read, never written."""
+        self.attach = Path(folder)  # before `selected`: a tick in between still shows the stage it showed
+        self.selected = None
+        self.force.set()
+
     def shown_folder(self) -> tuple[Path, int | None]:
         if self.attach is not None and self.selected is None:
             st = self._judged.get(self.attach)
@@ -152,7 +161,8 @@ class Monitor:
             if pv is not None and pv.run_dir == folder:  # keep the preview up; only the progress moves
                 return None, dataclasses.replace(pv, state_reason=reason + "; showing the newest part",
                                                  new_entries=[], replace_log=False)
-            return None, build_view(shown, None, stage, self._fresh(folder), loading=reason, hints=self._hints())
+            return None, build_view(shown, None, stage, self._fresh(folder), loading=reason, hints=self._hints(),
+                                    ema=self._ema_for(folder))
         after_preview, self._preview_view = self._preview_view is not None, None
         forced = self.force.is_set()
         stages_out = self._stages()
@@ -167,12 +177,14 @@ class Monitor:
                 self.force.set()
         self._ap_entries += ap.new_entries if ap else []
         self._ap_recent.extend(ap.new_entries if ap else [])
-        key = (folder, shown.version, self.judged_serial(folder), self.selected, ap.line if ap else None)
+        smoothing = self.smoothing
+        key = (folder, shown.version, self.judged_serial(folder), self.selected, ap.line if ap else None, smoothing)
         if key == self._shown and not self.force.is_set() and not after_preview:
             return stages_out, None
         fresh = self._fresh(folder) or after_preview  # the full history replaces the preview's log
         view = build_view(shown, st, stage, fresh, hints=self._hints(), autopilot=ap,
-                          extra_entries=list(self._ap_recent) if fresh else self._ap_entries)
+                          extra_entries=list(self._ap_recent) if fresh else self._ap_entries,
+                          ema=self._ema_for(folder, smoothing))
         self._ap_entries = []
         self.force.clear()
         self._shown = key  # only once the view exists: a failure above is retried on the next tick
@@ -206,6 +218,12 @@ class Monitor:
             return None
         self._stages_key = stages_key
         return infos
+
+    def _ema_for(self, folder: Path, smoothing: bool | None = None) -> GrowingEma | None:
+        """The EMA state for a view of `folder` with smoothing on (only that folder's is kept), else None."""
+        on = self.smoothing if smoothing is None else smoothing
+        self._ema.keep_only(lambda k: on and k[0] == folder)  # off, or another run shown: its arrays go
+        return self._ema if on else None
 
     def _hints(self) -> tuple[int | None, bool]:
         return labels.current_stage(self._states), self.readonly

@@ -1,14 +1,18 @@
 """The dashboard's payload for one run: charts downsampled, plus the core's RunStatus as the cockpit words it (no Textual).
 
 `build_view` turns a follower's history (charts) and the run's RunStatus (state, matrix, alerts, advice:
-all decided by kssm_core.runbook.judge) into an immutable RunView; its cost is bounded whatever the run's
-length (MAX_POINTS per chart series).
+all decided by kssm_core.runbook.judge) into an immutable RunView; what it hands over is bounded whatever the
+run's length (MAX_POINTS per chart series). With smoothing on, each series' debiased EMA is taken over every
+logged point, as the overlay's is, then thinned (`smoothed_line`); a live run's new readings cost what they add.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
+
+from kssm_core.reports.overlay import GrowingEma, bucket_mean
 from kssm_core.runbook.matrix import zone_bands
 from kssm_core.runbook.runstatus import RunStatus
 from kssm_core.runbook.verdicts import Verdict
@@ -42,32 +46,53 @@ def downsample(steps, values, limit: int = MAX_POINTS) -> tuple[list[int], list[
     return xs, ys
 
 
+def smoothed_line(ema: GrowingEma, key, steps, values, limit: int = MAX_POINTS) -> tuple[list[float], list[float]]:
+    """The debiased EMA of a series over every finite point (continued from `ema`'s kept state when the series
+    only grew), thinned to one mean point per bucket, 2 * `limit` buckets: the overlay's smoothing of one run."""
+    x = np.array(steps, dtype=np.float64)  # copies: a view would pin the history's buffers, which must grow
+    y = np.array(values, dtype=np.float64)
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    bx, by = bucket_mean(x, ema.smooth(key, x, y), 2 * limit)
+    return bx.tolist(), by.tolist()
+
+
 def build_view(f: RunFollower, status: RunStatus | None, stage: int | None, fresh: bool, *,
                loading: str | None = None, hints: tuple[int | None, bool] = (None, True),
-               autopilot=None, extra_entries: list[tuple[str, str]] | None = None) -> RunView:
+               autopilot=None, extra_entries: list[tuple[str, str]] | None = None,
+               ema: GrowingEma | None = None) -> RunView:
     """The dashboard's payload for one run (downsampled: cost is bounded whatever the run's length).
 
     `status`: the core's judgement of the run (None while a long log is still being read: `loading` then
     says how far, and no verdict is shown, since verdicts on half a history would mislead).
     `hints` = (the current stage, read-only?) for the key named in the next-step line (labels.next_step).
+    `ema`: smoothing is on; each chart's `smoothed` lines are its series' EMA over every point (keyed by the
+    folder and the metric in `ema`, so the next view of a live run smooths only what it added).
     """
     h = f.history
     s, e = h.steps, h.evals
 
-    def ser(series, name, label=None):
-        xs, ys = downsample(series.steps, series.cols[name])
-        return (label or name, xs, ys)
+    def chart(title, series, **kw) -> ChartSpec:
+        """series: (history series, metric, label or None) per line."""
+        lines = []
+        for ser, name, label in series:
+            xs, ys = downsample(ser.steps, ser.cols[name])
+            lines.append((label or name, xs, ys))
+        smoothed = None
+        if ema is not None:
+            smoothed = [smoothed_line(ema, (f.run_dir, name), ser.steps, ser.cols[name]) for ser, name, _ in series]
+        return ChartSpec(title, lines, smoothed=smoothed, **kw)
 
     mc = (h.run_start or {}).get("model_config") or {}
     u_min = mc.get("u_min", 0.1) if isinstance(mc.get("u_min", 0.1), (int, float)) else 0.1
     u_max = mc.get("u_max", 10.0) if isinstance(mc.get("u_max", 10.0), (int, float)) else 10.0
     charts = {
-        "loss": ChartSpec("Loss", [ser(s, "loss", "total"), ser(s, "ce", "CE")], y_label="loss"),
-        "ppl": ChartSpec("Val PPL", [ser(e, "val_ppl", "val PPL")], y_label="PPL", log_ok=True),
-        "R": ChartSpec("R (phase coherence)", [ser(s, "R")], bands=list(R_BANDS), y_label="R"),
-        "u": ChartSpec("u_val", [ser(s, "u_val")], hlines=[(float(u_min), "clamp floor"), (float(u_max), "clamp ceiling")],
-                       y_label="u"),
-        "grad": ChartSpec("Grad norm", [ser(s, "grad_norm", "grad norm")], y_label="norm", log_ok=True),
+        "loss": chart("Loss", [(s, "loss", "total"), (s, "ce", "CE")], y_label="loss"),
+        "ppl": chart("Val PPL", [(e, "val_ppl", "val PPL")], y_label="PPL", log_ok=True),
+        "R": chart("R (phase coherence)", [(s, "R", None)], bands=list(R_BANDS), y_label="R"),
+        "u": chart("u_val", [(s, "u_val", None)], y_label="u",
+                   hlines=[(float(u_min), "clamp floor"), (float(u_max), "clamp ceiling")]),
+        "grad": chart("Grad norm", [(s, "grad_norm", "grad norm")], y_label="norm", log_ok=True),
     }
     sparks = {name: downsample(s.steps, s.cols[name], 60)[1] for name in ("loss", "R", "u_val", "grad_norm")}
     sparks["val_ppl"] = downsample(e.steps, e.cols["val_ppl"], 60)[1]

@@ -4,6 +4,7 @@
   JSON lines of the same; a bad file raises ReferenceError with one line naming the file, line and column.
 - `debiased_ema(values, weight)`: TensorBoard's smoothing (an EMA started at 0 and divided by 1 - w^n, so the
   first points are not dragged towards 0; non-finite points pass through, a constant series is left as is).
+- `GrowingEma(weight)`: the same over series that grow: a live run's new readings are smoothed from the kept state.
 - `active_time(t, segment_starts)`: an x axis of wall time with the gaps of a resume or a pause left out.
 - `run_style(index)`: a stable colour + marker + line style per overlaid run, legible without colour.
 - `run_names(dirs)`: a distinct, filesystem-safe name per run folder (exports, legends).
@@ -255,6 +256,47 @@ def debiased_ema_state(values, weight: float = DEFAULT_SMOOTHING, state: tuple[f
     debias = -np.expm1(count * math.log(w))  # 1 - w^n without cancellation for small n
     out[finite] = ema / debias
     return out, new_state
+
+
+class GrowingEma:
+    """debiased_ema of series that grow (a live run's readings), one per key: a series that only grew since the
+    last call (the same x and value where it ended then) is continued from the kept state, so new readings cost
+    what they add; any other (a resume replaced the tail, another run under the key) is smoothed from its start.
+    The one incremental smoother: the cockpit's single-run charts, its overlay and the chart widget use it."""
+
+    def __init__(self, weight: float = DEFAULT_SMOOTHING) -> None:
+        debiased_ema_state((), weight)  # a bad weight is refused here, not at the first reading
+        self.weight = weight
+        self._kept: dict = {}  # key -> (n, x at n - 1, y at n - 1, state, smoothed)
+
+    def smooth(self, key, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """The debiased EMA of `y` (finite values; `x` only tells a grown series from a replaced one)."""
+        kept = self._kept.get(key)
+        if kept is not None:
+            n, x_last, y_last, state, out = kept
+            if 0 < n <= len(y) and x[n - 1] == x_last and y[n - 1] == y_last:
+                if n == len(y):
+                    return out
+                tail, state = debiased_ema_state(y[n:], self.weight, state)
+                out = np.concatenate([out, tail])
+                self._kept[key] = (len(y), x[-1], y[-1], state, out)
+                return out
+        out, state = debiased_ema_state(y, self.weight)
+        if len(y):
+            self._kept[key] = (len(y), x[-1], y[-1], state, out)
+        else:
+            self._kept.pop(key, None)
+        return out
+
+    def smoothed_count(self, key) -> int:
+        """How many values of the series under `key` are smoothed and kept (0: none)."""
+        kept = self._kept.get(key)
+        return kept[0] if kept is not None else 0
+
+    def keep_only(self, keep) -> None:
+        """Forget every series whose key `keep(key)` refuses (a run no longer shown or overlaid)."""
+        for k in [k for k in self._kept if not keep(k)]:
+            del self._kept[k]
 
 
 def _ema_core(x: np.ndarray, w: float, carry: float) -> np.ndarray:

@@ -12,6 +12,8 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Static, TabbedContent, TabPane
 
+from kssm_core.reports.overlay import DEFAULT_SMOOTHING
+
 from ..messages import RunView, StageInfo
 from ..safe_text import clean
 from ..widgets.alert_banner import AlertBanner
@@ -108,12 +110,16 @@ class Dashboard(Screen):
                         ema_weight=overlay.ema_weight if overlay.smoothing else None, x_label=overlay.x_label,
                     )
                 continue
+            # Smoothing: the overlay's debiased EMA, over every point in the tail worker (spec.smoothed), the raw
+            # series faint; until a view built with smoothing arrives the chart smooths the points it has.
+            smoothed = spec.smoothed if smoothing else None
             sig = (tuple((n, len(xs), xs[-1] if xs else None, ys[-1] if ys else None) for n, xs, ys in spec.series),
-                   log, smoothing, str(view.run_dir), len(refs))
+                   log, smoothing, smoothed is not None, str(view.run_dir), len(refs))
             if self._changed(f"chart-{key}", sig):
                 chart.set_data(
-                    spec.series, hlines=spec.hlines, bands=spec.bands, log_y=log,
-                    smoothing=smoothing, y_label=spec.y_label, references=refs,
+                    spec.series, hlines=spec.hlines, bands=spec.bands, log_y=log, smoothing=smoothing,
+                    ema_weight=DEFAULT_SMOOTHING if smoothing else None, smoothed=smoothed, y_label=spec.y_label,
+                    references=refs,
                 )
 
     def run_info(self, view: RunView) -> Text:

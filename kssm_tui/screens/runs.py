@@ -1,6 +1,7 @@
 """The runs view (`v`): every run folder with its state, last step, best val PPL and verdict; space marks runs
-to overlay on the dashboard's charts. The rows come from the runs worker (kssm_tui.runs); this screen only
-copies them into a table. Folder names are untrusted: every cell is a Text of cleaned text, never markup."""
+to overlay on the dashboard's charts, enter opens the run under the cursor on the dashboard (App.open_run). The
+rows come from the runs worker (kssm_tui.runs); this screen only copies them into a table. Folder names are
+untrusted: every cell is a Text of cleaned text, never markup."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ VERDICT_STYLES = {"healthy": "green", "warning": "yellow", "failure": "bold red"
 
 
 class RunsScreen(ModalScreen[None]):
-    """The list of runs; the App owns the marks (RunsScreen calls app.toggle_mark)."""
+    """The list of runs; the App owns the marks and the shown run (RunsScreen calls app.toggle_mark, app.open_run)."""
 
     BINDINGS = [Binding("escape,v", "close", "Back", id="runs.close"),
                 Binding("space", "mark", "Mark", id="runs.mark")]
@@ -104,12 +105,17 @@ class RunsScreen(ModalScreen[None]):
                  style="cyan" if marked else "dim")
         self.query_one("#runs-title", Static).update(t)
 
-    def current_folder(self) -> Path | None:
+    def current_row(self):
+        """The RunRow under the cursor (kssm_tui.runs.RunRow), None in an empty list."""
         table = self.query_one(DataTable)
         if not self.rows or table.row_count == 0:
             return None
         i = table.cursor_row
-        return self.rows[i].key if 0 <= i < len(self.rows) else None
+        return self.rows[i] if 0 <= i < len(self.rows) else None
+
+    def current_folder(self) -> Path | None:
+        row = self.current_row()
+        return row.key if row is not None else None
 
     # ---- keys -----------------------------------------------------------------------------------------
     def action_mark(self) -> None:
@@ -117,9 +123,17 @@ class RunsScreen(ModalScreen[None]):
         if folder is not None:
             self.app.toggle_mark(folder)
 
-    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:  # enter
+    def action_open(self) -> None:
+        """Show the run under the cursor on the dashboard and go back to it (the marks stay)."""
+        row = self.current_row()
+        if row is None:
+            return
+        self.dismiss(None)
+        self.app.open_run(row.folder, row.name)
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:  # enter (or a click on the cursor)
         event.stop()
-        self.action_mark()
+        self.action_open()
 
     def action_close(self) -> None:
         self.dismiss(None)

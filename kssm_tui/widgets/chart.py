@@ -2,10 +2,11 @@
 
 Overlay of runs (``set_data(..., run_slots=...)``): each series is a run drawn in its slot's colour and marker
 (eight of each, so runs stay apart without colour; the header is the legend, naming each run with its glyph);
-``references`` are drawn dashed and never smoothed; ``ema_weight`` smooths with TensorBoard's debiased EMA over
-every raw point and draws the raw series faint (dim dots) beneath; ``smoothed`` hands in those smoothed lines
-already computed (the cockpit builds them in its worker thread, so a render only thins and draws). Without those
-arguments the chart draws exactly as before.
+``references`` are drawn dashed and never smoothed. Smoothing is TensorBoard's debiased EMA
+(kssm_core.reports.overlay.debiased_ema_state, the one implementation; ``ema_weight``, 0.6 by default) over every
+raw point, the raw series drawn faint (dim dots) beneath, for one run as for an overlay; ``smoothed`` hands in
+those smoothed lines already computed (the cockpit builds an overlay's in its worker thread, so a render only thins
+and draws). Without those arguments the chart draws exactly as before.
 
 A thin wrapper of our own rather than textual-plotext, because the cockpit needs what that widget leaves to the
 caller: downsampling (a week-long run has millions of points), a render cache keyed on data and size, a lock
@@ -26,7 +27,7 @@ from rich.text import Text
 
 from textual.widget import Widget
 
-from kssm_core.reports.overlay import bucket_mean  # one mean point per bucket (smoothed lines)
+from kssm_core.reports.overlay import DEFAULT_SMOOTHING, GrowingEma, bucket_mean
 
 from ..safe_text import ascii_mode, clean, one_line
 
@@ -136,19 +137,6 @@ def downsample(x: np.ndarray, y: np.ndarray, buckets: int) -> tuple[np.ndarray, 
     ys[0::2] = lo
     ys[1::2] = hi
     return xs, ys
-
-
-def ema(y: np.ndarray, span: float) -> np.ndarray:
-    """Exponential moving average with the given span (alpha = 2 / (span + 1)); y is short after bucketing."""
-    if len(y) == 0:
-        return y
-    alpha = 2.0 / (max(span, 1.0) + 1.0)
-    out = np.empty_like(y)
-    acc = float(y[0])
-    for i, v in enumerate(y.tolist()):
-        acc = alpha * v + (1.0 - alpha) * acc
-        out[i] = acc
-    return out
 
 
 def dashes(x: np.ndarray, y: np.ndarray, columns: int) -> tuple[np.ndarray, np.ndarray]:
@@ -267,7 +255,7 @@ class MetricChart(Widget):
         self._raw_pre: list[tuple[Sequence, Sequence] | None] | None = None
         self._pre: list[tuple[np.ndarray, np.ndarray] | None] = []  # the caller's smoothed lines, as arrays
         self._pre_mode = False
-        self._ema_cache: dict[str, tuple | None] = {}  # series name -> (weight, n, last x, last y, state, smoothed)
+        self._ema: GrowingEma | None = None  # keyed by series name; kept while the weight stays
         self._x_label = "step"
         self._version = 0
         self._cache_key: tuple | None = None
@@ -297,12 +285,11 @@ class MetricChart(Widget):
         hlines: (y, label) reference lines, e.g. the u_val clamps (0.1, "floor").
         bands: (low, high, label) horizontal zones, e.g. the R zones; boundaries are drawn and labelled.
         log_y: plot log10 of the values (non-positive values are dropped and counted in the header).
-        smoothing: exponential moving average of each series.
+        smoothing: TensorBoard's debiased EMA of each series over every point, the raw series faint beneath.
         ylim: fixed (low, high) for the y axis; None picks the data range (either end may be None).
         run_slots: overlay of runs: the colour / marker slot of each series (keep a run's slot while it is shown).
         references: (name, steps, values) published trajectories: dashed, never smoothed, named in the header.
-        ema_weight: with smoothing, TensorBoard's debiased EMA of this weight over every point, the raw series
-            drawn faint beneath (None: the plain EMA of bucket means, without the raw series).
+        ema_weight: with smoothing, the EMA's weight (None: DEFAULT_SMOOTHING, TensorBoard's 0.6).
         x_label: the x axis' name (e.g. "active time (min)" when the caller passes times as steps).
         smoothed: with smoothing, the smoothed line (x, values) of each series, computed by the caller (None for
             a series without one): drawn as the line, the series itself faint beneath, nothing smoothed here;
@@ -319,8 +306,10 @@ class MetricChart(Widget):
         self._ylim = ylim
         self._run_slots = [int(k) for k in run_slots] if run_slots is not None else None
         self._raw_refs = [(clean(name), steps, values) for name, steps, values in references]
-        self._ema_weight = float(ema_weight) if ema_weight is not None and smoothing else None
         self._raw_pre = list(smoothed) if smoothed is not None and smoothing else None
+        if smoothing and ema_weight is None and self._raw_pre is None:
+            ema_weight = DEFAULT_SMOOTHING  # smoothed here: always the debiased EMA, never another average
+        self._ema_weight = float(ema_weight) if ema_weight is not None and smoothing else None
         self._pre_mode = self._raw_pre is not None  # smoothed by the caller: render() never smooths
         self._x_label = clean(x_label) or "step"
         self._version += 1
@@ -339,29 +328,16 @@ class MetricChart(Widget):
                 self._pre = [finite_xy(p[0], p[1], memo) if p is not None else None for p in self._raw_pre]
                 self._raw_pre = None
             elif self._ema_weight is not None:  # once per data version: a resize does not recompute it
-                self._smoothed = [self._smooth(name, x, y) for name, x, y in self._series]
+                if self._ema is None or self._ema.weight != self._ema_weight:
+                    self._ema = GrowingEma(self._ema_weight)
+                # a series that only grew (a live run's new readings): just the new points are smoothed
+                self._smoothed = [self._ema.smooth(name, x, y) for name, x, y in self._series]
+                names = {name for name, _x, _y in self._series}
+                self._ema.keep_only(names.__contains__)
             else:
-                self._ema_cache.clear()
+                self._ema = None
             self._series_version = self._version
         return self._series
-
-    def _smooth(self, name: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """The debiased EMA of a series; when it only grew since the last data (a live run's new readings),
-        just the new points are smoothed, from the kept state."""
-        from kssm_core.reports.overlay import debiased_ema_state
-
-        w = self._ema_weight
-        kept = self._ema_cache.get(name)
-        if kept is not None:
-            kw, n, x_last, y_last, state, smoothed = kept
-            if kw == w and 0 < n <= len(y) and x[n - 1] == x_last and y[n - 1] == y_last:
-                tail, state = debiased_ema_state(y[n:], w, state)
-                out = np.concatenate([smoothed, tail]) if len(tail) else smoothed
-                self._ema_cache[name] = (w, len(y), x[-1], y[-1], state, out)
-                return out
-        out, state = debiased_ema_state(y, w)
-        self._ema_cache[name] = (w, len(y), x[-1], y[-1], state, out) if len(y) else None
-        return out
 
     @property
     def point_count(self) -> int:
@@ -464,9 +440,6 @@ class MetricChart(Widget):
                 if self._log_y:
                     ry = np.log10(ry)
                 raws.append((name, rx, ry, _Style(style.color, RAW_ASCII_MARKER if asc else RAW_MARKER, "raw")))
-            elif self._smoothing and len(y) > 2 and not self._pre_mode:
-                x, y = bucket_mean(x, y, columns * 2)
-                y = ema(y, span=max(3.0, len(y) / 25.0))
             else:
                 x, y = downsample(x, y, columns)
             if self._log_y:

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from kssm_core.reports.overlay import (ReferenceError, active_time, debiased_ema, debiased_ema_reference, map_times,
-                                       read_reference, run_style)
+from kssm_core.reports.overlay import (GrowingEma, ReferenceError, active_time, debiased_ema, debiased_ema_reference,
+                                       map_times, read_reference, run_style)
 
 
 # ---- --reference ------------------------------------------------------------------------------------------------
@@ -89,6 +89,25 @@ def test_debiased_ema_properties():
     assert debiased_ema([], 0.6).size == 0
     with pytest.raises(ValueError):
         debiased_ema([1.0], 1.0)
+
+
+def test_growing_ema_continues_a_grown_series_and_starts_over_on_another():
+    rng = np.random.default_rng(7)
+    y = rng.normal(5.0, 1.0, size=3000)
+    x = np.arange(3000, dtype=float)
+    ema = GrowingEma(0.9)
+    first = ema.smooth("a", x[:1000], y[:1000])
+    assert ema.smooth("a", x[:1000], y[:1000]) is first  # nothing new: the kept line itself
+    np.testing.assert_allclose(ema.smooth("a", x, y), debiased_ema(y, 0.9), rtol=1e-12)  # grown: continued
+    assert ema.smoothed_count("a") == 3000
+    rewound = np.r_[y[:1500], np.full(10, 9.0)]  # a resume replaced the tail: smoothed from the start
+    np.testing.assert_allclose(ema.smooth("a", x[:1510], rewound), debiased_ema(rewound, 0.9), rtol=1e-12)
+    ema.smooth("b", x[:5], y[:5])
+    ema.keep_only(lambda k: k == "b")
+    assert ema.smoothed_count("a") == 0 and ema.smoothed_count("b") == 5
+    assert ema.smooth("b", x[:0], y[:0]).size == 0 and ema.smoothed_count("b") == 0
+    with pytest.raises(ValueError):
+        GrowingEma(1.0)
 
 
 # ---- active time --------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from textual.widgets import Button
 
@@ -267,6 +268,44 @@ async def test_l_m_toggle_and_1_to_5_select(runs):
             await pilot.press(str(n))
             await until(pilot, lambda: app.view.run_dir == stage_path(runs, n))
         assert app.view.state == "passed"
+
+
+@sync
+async def test_m_smooths_one_run_as_the_overlay_does_with_the_raw_series_faint(runs):
+    """One run, nothing marked: `m` draws TensorBoard's debiased EMA over every logged point (2000 here, the
+    chart's raw series is thinned to about 400), thinned as the overlay's, and the raw series stays drawn."""
+    import numpy as np
+
+    from kssm_core.reports.overlay import DEFAULT_SMOOTHING, bucket_mean, debiased_ema
+    from kssm_tui.views import MAX_POINTS
+
+    d = write_run(stage_path(runs, 1), 1, 2000, every=1)  # R wiggles with sin(step): the EMA visibly changes it
+    logged = [json.loads(line) for line in (d / "events.jsonl").read_text().splitlines()]
+    steps = np.array([e["step"] for e in logged if e["event"] == "step"], dtype=float)
+    r = np.array([e["R"] for e in logged if e["event"] == "step"])
+    app, _ = make_app(runs)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        chart = app.dash.query_one("#chart-R")
+        raw_only = chart._prepare(200)[0]  # noqa: SLF001 - what _build draws
+        assert [p[3].kind for p in raw_only] == ["main"]
+        await pilot.press("m")
+        await until(pilot, lambda: chart._pre_mode and chart._version and app.view.charts["R"].smoothed)
+        (sx, sy), = app.view.charts["R"].smoothed
+        want_x, want_y = bucket_mean(steps, debiased_ema(r, DEFAULT_SMOOTHING), 2 * MAX_POINTS)
+        np.testing.assert_allclose(sx, want_x)
+        np.testing.assert_allclose(sy, want_y, rtol=1e-12)  # of every point, not of the ~400 handed to the chart
+        prepared = chart._prepare(1000)[0]  # noqa: SLF001 - wide: the raw points are not thinned further
+        kinds = [p[3].kind for p in prepared]
+        assert kinds == ["raw", "main"]
+        (raw,) = [p for p in prepared if p[3].kind == "raw"]
+        _name, xs, ys = app.view.charts["R"].series[0]
+        assert len(xs) <= MAX_POINTS + 1 and raw[2].tolist() == pytest.approx(ys)  # the raw points, faint
+        head = chart.render_plain(120, 20).plain.splitlines()[0]
+        assert "(EMA 0.6, raw" in head
+        await pilot.press("m")
+        await until(pilot, lambda: not app.smoothing and not chart._pre_mode)  # noqa: SLF001
+        assert [p[3].kind for p in chart._prepare(200)[0]] == ["main"]  # noqa: SLF001
 
 
 @sync

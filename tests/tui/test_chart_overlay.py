@@ -97,7 +97,7 @@ def test_a_growing_series_is_smoothed_incrementally_and_equals_the_whole():
     chart.set_data([("a", range(3000), y)], run_slots=[0], smoothing=True, ema_weight=0.9)
     chart._arrays()
     np.testing.assert_allclose(chart._smoothed[0], debiased_ema(y, 0.9), rtol=1e-12)
-    assert chart._ema_cache["a"][1] == 3000
+    assert chart._ema.smoothed_count("a") == 3000  # noqa: SLF001
     rewound = y[:1500] + [9.0] * 10  # a resume replaced the tail: smoothed afresh
     chart.set_data([("a", range(1510), rewound)], run_slots=[0], smoothing=True, ema_weight=0.9)
     chart._arrays()

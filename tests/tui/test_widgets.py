@@ -162,9 +162,39 @@ def test_chart_smoothing_changes_the_drawn_line_not_the_last_value():
     raw = chart.render_plain(80, 20).plain
     chart.set_data([("g", steps, noisy)], smoothing=True)
     smooth = chart.render_plain(80, 20).plain
-    assert "(smoothed)" in smooth.splitlines()[0]
+    assert "(EMA 0.6, raw" in smooth.splitlines()[0]  # one run is smoothed as an overlay is
     assert "g 2" in smooth.splitlines()[0]  # last raw value stays in the header
     assert raw != smooth
+
+
+def test_one_run_smoothed_is_tensorboards_debiased_ema_with_the_raw_series_faint():
+    """The single-run chart (the dashboard passes smoothing and the default weight) smooths as the overlay does:
+    the EMA started at 0 and divided by 1 - w^n, worked out here by hand for w = 0.6. Its first point is the first
+    raw value (a zero-started EMA without the division gives 0.4 * 4 = 1.6) and its second 2.75 (the plain EMA
+    this chart used before, span 3 from the first value, gave 3.0)."""
+    steps, values = [0, 1, 2, 3], [4.0, 2.0, 3.0, 1.0]
+    hand, acc = [], 0.0
+    for n, v in enumerate(values, 1):
+        acc = 0.6 * acc + 0.4 * v
+        hand.append(acc / (1 - 0.6**n))
+    assert hand[:2] == pytest.approx([4.0, 2.75])
+    for kw in ({}, {"ema_weight": 0.6}):  # the default weight is TensorBoard's 0.6
+        chart = MetricChart("loss")
+        chart.set_data([("loss", steps, values)], smoothing=True, **kw)
+        prepared, _ = chart._prepare(200)  # noqa: SLF001 - what _build draws; wide: every point its own
+        (main,) = [p for p in prepared if p[3].kind == "main"]
+        (raw,) = [p for p in prepared if p[3].kind == "raw"]
+        assert main[1].tolist() == steps and main[2].tolist() == pytest.approx(hand)
+        assert main[2][0] == values[0]
+        assert raw[1].tolist() == steps and raw[2].tolist() == values  # the raw series is still drawn
+        assert raw[3].color == main[3].color
+        text = chart.render_plain(80, 20)
+        assert "(EMA 0.6, raw" in text.plain.splitlines()[0]
+        assert "loss 1" in text.plain.splitlines()[0]  # the header's value is the last raw one
+        assert any("dim" in str(span.style) for span in text.spans)  # the raw points are faint
+    chart.set_data([("loss", steps, values)])  # smoothing off: the raw line alone, as before
+    prepared, _ = chart._prepare(200)  # noqa: SLF001
+    assert [p[3].kind for p in prepared] == ["main"] and prepared[0][2].tolist() == values
 
 
 def test_chart_100k_points_renders_fast_and_is_cached():
