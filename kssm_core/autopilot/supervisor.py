@@ -38,6 +38,7 @@ from kssm_core.runfolder.lock import LockHeld, lock_state, read_lock
 
 EXIT_PASSED, EXIT_HELD, EXIT_REFUSED = 0, 1, 2
 SLICE_S = 0.1  # sleeps are cut into slices so a SIGTERM is acted on at once
+STARTUP_STALLS = 3  # a trainer silent before its run_start for this many stall_s is hung in its start-up
 
 
 def process_alive(pid: int | None, start_time: float | None = None) -> bool:
@@ -387,12 +388,15 @@ class Supervisor:
         b = self.plan.budgets
         now = time.time() if now is None else now
         last = max(att.started_at, history.last_event_t or 0.0)  # events before the start are an older run's
-        if now - last <= b.stall_s:
+        # start-up gets STARTUP_STALLS stall periods: importing torch and opening a corpus on a loaded machine or a
+        # cold disk is slower than a step, and a healthy start stopped as hung would be retried into a crash loop
+        limit = STARTUP_STALLS * b.stall_s
+        if now - last <= limit:
             return None
         quiet = f"nothing written for {now - last:.0f}s" if last > att.started_at else "nothing written at all"
         return Decision("stop", f"trainer PID {pid} (attempt {att.n}) never started logging: no run_start of its "
-                                f"own {now - att.started_at:.0f}s after it was started, {quiet} (stall_s "
-                                f"{b.stall_s:g}); SIGTERM, then SIGKILL after {b.stall_grace_s:g}s, then as after "
+                                f"own {now - att.started_at:.0f}s after it was started, {quiet} (limit "
+                                f"{limit:g}s: {STARTUP_STALLS} x stall_s); SIGTERM, then SIGKILL after {b.stall_grace_s:g}s, then as after "
                                 f"a crash")
 
     def _stop_stalled(self, rec: StageRecord, pid: int, start_time: float | None, why: str) -> None:

@@ -550,7 +550,7 @@ def test_only_an_autopilot_launched_trainer_silent_for_stall_s_is_stopped(tmp_pa
     from kssm_core.autopilot import supervisor as sup_mod
     from kssm_core.runfolder.history import RunHistory
 
-    plan = plan_from_dict({"stage": [{"steps": 10}], "stall_s": 60})
+    plan = plan_from_dict({"stage": [{"steps": 10}], "stall_s": 20})  # x STARTUP_STALLS: 60 s
     sup = sup_mod.Supervisor(tmp_path / "runs", plan, echo=lambda _l: None, notify=lambda _e: None)
     rec = StageRecord(1, "s", "stage1", 10, 1)
     rec.attempts.append(Attempt(1, "start", "no run", ["kssm", "train"], started_at=1000.0, pid=4242))
