@@ -34,7 +34,7 @@ from kssm_core.training.corpus import CorpusError, load_corpus
 from kssm_core.training.data import BatchSampler, ForeignDataDir, Tokenizer, prepare_tokens, val_batches
 from kssm_core.training.distributed import SINGLE, Dist, NullEventWriter, NullTextLog, ShardSampler, split_batch
 from kssm_core.runfolder.events import STEP_HEADER, EventWriter, TextLog, format_step_line
-from kssm_core.runfolder.foreign import foreign_run
+from kssm_core.runfolder.foreign import enclosing_foreign_run, foreign_run
 from kssm_core.runfolder.lock import LOCK_NAME, LockHeld, RunLock, lock_state, read_lock
 from kssm_core.model.shapes import ShapeError, checkpoint_model_config, clean_state_dict, describe, load_error_line, same_body
 from kssm_core.training.tokenizer_choice import (
@@ -164,6 +164,10 @@ class Trainer:
 
     # ---- lifecycle -------------------------------------------------------------------------------
     def run(self, install_signals: bool = True) -> int:
+        inside = self._inside_foreign_run()
+        if inside:  # before mkdir: not even an empty folder is made inside another program's run
+            print(f"kssm train: {inside}", file=sys.stderr)
+            return EXIT_REFUSED
         try:
             self.out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -245,6 +249,16 @@ class Trainer:
             lock.release()
             self.events.close()
             self.log.close()
+
+    def _inside_foreign_run(self) -> str | None:
+        """Why --output-dir may not be used (one line) when a folder above it holds another trainer's run; the
+        folder itself being foreign is _foreign_gate's case (--adopt can take that one over, never a parent)."""
+        above = self.out.absolute().parent
+        found = enclosing_foreign_run(above) if above != self.out.absolute() else None
+        if found is None or not found.whole:
+            return None
+        return (f"--output-dir {self.out} is inside {found.run_dir}, which holds {found.what()}: kssm writes "
+                f"nothing there; choose an --output-dir outside it")
 
     def _foreign_gate(self) -> tuple[str | None, tuple[Path, list[str]] | None]:
         """(refusal line, None) for a foreign folder without --adopt; (None, (archive, names)) once --adopt moved

@@ -417,14 +417,19 @@ def test_init_from_without_preset_records_none_and_a_typed_preset_stays():
 
 
 def test_no_output_folder_may_sit_inside_a_reference_run(refs, tmp_path, capsys):
-    """export, report and eval refuse an --out anywhere under another trainer's run folder (QA: finished/sub)."""
+    """export, report, eval and train refuse an output anywhere under another trainer's run folder (QA: finished/sub)."""
     before = {n: snapshot(d) for n, d in refs.items()}
     fin = refs["finished"]
     other = refs["crashed"]  # another run exported / reported *into* the finished reference folder
     for argv in (["export", str(other), "--format", "csv", "--out", str(fin / "exp")],
                  ["report", str(other), "--out", str(fin / "rep"), "--no-figures"],
                  ["eval", "benchmark", "--model", str(fin / "best_model.pt"), "--tokenizer", "chars",
-                  "--out", str(fin / "sub")]):
+                  "--out", str(fin / "sub")],
+                 # the trainer too: --adopt takes over the folder itself, never a folder above its output
+                 ["train", "--output-dir", str(fin / "sub" / "run"), "--data-dir", str(tmp_path / "cache"), *SMALL,
+                  "--max-steps", "2"],
+                 ["train", "--output-dir", str(fin / "sub"), "--adopt", "--data-dir", str(tmp_path / "cache"), *SMALL,
+                  "--max-steps", "2"]):
         assert main(argv) != 0, argv
         err = capsys.readouterr().err
         assert "writes nothing" in err and "\n" not in err.strip(), err
