@@ -114,7 +114,13 @@ async def test_the_cockpit_shows_what_kssm_status_says(runs, kind):
         assert summary(shown) == summary(core)
         assert app.view.state == plan_label(core)
         banner = app.dash.query_one("#alert")
-        shown_text = " ".join(banner.render_line(y).text.strip() for y in range(banner.size.height))
+
+        def banner_text() -> str:
+            return " ".join(banner.render_line(y).text.strip() for y in range(banner.size.height))
+
+        if core.headline is not None:  # the banner is drawn a refresh after the view arrives: wait for it
+            await until(pilot, lambda: core.headline[1][:40] in banner_text())
+        shown_text = banner_text()
         if core.headline is None:
             assert not shown_text.strip(), shown_text
         else:  # the banner says the core's headline (wrapped; the key hint only for our own crashed runs)
